@@ -1,0 +1,100 @@
+"""Shared fixtures. Tests run offline on a CPU: HF_HUB_OFFLINE is set, and tiny-random is built
+into a temporary cache once per session.
+
+Markers: `browser` (headless Chromium), `slow`, `gpu` (needs CUDA; deselected by default).
+Tests that need the real data read LAB_DATA_DIR and are skipped without it, unless
+LAB_REQUIRE_DATA=1 (CI sets it) turns the skip into a failure; LAB_REQUIRE_BROWSER=1 does the
+same for a missing Chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches the network
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("LAB_CACHE_DIR", tempfile.mkdtemp(prefix="qwen-lab-test-cache-"))
+
+
+def _require(flag: str, reason: str):
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{reason} ({flag}=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    value = os.environ.get("LAB_DATA_DIR")
+    if not value or not Path(value).is_dir():
+        _require("LAB_REQUIRE_DATA", "LAB_DATA_DIR does not name the benchmark data folder")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(data_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(data_dir / "qwen2.5-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny-random, loaded once for the whole session (the real Qwen2.5 tokenizer when LAB_DATA_DIR has it)."""
+    from lab.models import load_model
+
+    return load_model("tiny-random")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """`python app.py --model tiny-random` in a subprocess, on a free port."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(ARTIFACTS / "app-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--model", "tiny-random", "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}: {(ARTIFACTS / 'app-server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("app.py did not serve the page within 180 s")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
