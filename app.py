@@ -1,0 +1,79 @@
+"""Qwen Lab: the web page.
+
+    python app.py                                   # Qwen2.5-7B-Instruct in 4-bit on CUDA, 0.5B on a CPU
+    python app.py --model tiny-random               # offline: random weights, any CPU
+    python app.py --model Qwen/Qwen2.5-3B-Instruct --quant bf16 --port 7861
+    python app.py --host 0.0.0.0 --auth alice:secret
+
+Imported (a Hugging Face Space, `gradio app.py`), the flags come from LAB_MODEL, LAB_QUANT and
+LAB_DEVICE instead, and `demo` is the module-level Blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nobody
+
+from lab.errors import LabError  # noqa: E402
+from lab.models import DEVICES, QUANTS  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    on_space = bool(os.environ.get("SPACE_ID"))
+    p = argparse.ArgumentParser(prog="app.py", description="Qwen Lab: chat with and measure local LLMs.")
+    p.add_argument("--model", default=os.environ.get("LAB_MODEL"),
+                   help="registry name, Hub id (owner/name) or local checkpoint directory; default: "
+                        "Qwen2.5-7B-Instruct on CUDA, Qwen2.5-0.5B-Instruct on a CPU; tiny-random works offline")
+    p.add_argument("--quant", default=os.environ.get("LAB_QUANT", "auto"), choices=QUANTS,
+                   help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
+    p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
+    p.add_argument("--device", default=os.environ.get("LAB_DEVICE", "auto"), choices=DEVICES)
+    p.add_argument("--data-dir", help="benchmark data and tokenizer folder (sets LAB_DATA_DIR)")
+    p.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
+                   help="address to bind; the default serves this machine only")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    return p.parse_args(argv)
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise LabError("--auth takes USER:PASS, for example --auth alice:secret.")
+    return user, password
+
+
+def create(args: argparse.Namespace):
+    """Load the model and build the page; a user error ends the process with one sentence."""
+    if args.data_dir:
+        os.environ["LAB_DATA_DIR"] = args.data_dir
+    from lab.session import LoadRequest, ModelManager
+
+    manager = ModelManager()
+    try:
+        parse_auth(args.auth)
+        print("Loading model…", file=sys.stderr, flush=True)
+        model = manager.load(LoadRequest(args.model, args.quant, args.device, not args.no_double_quant))
+        print(f"Loaded {model.info.summary()}", file=sys.stderr, flush=True)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from lab.ui import build_app  # Gradio loads only once the model did
+
+    return build_app(manager)
+
+
+args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+demo = create(args)
+
+if __name__ == "__main__":
+    from lab.ui import CSS, THEME
+
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+                theme=THEME, css=CSS, show_error=True)

@@ -1,0 +1,29 @@
+"""The Gradio page: one module per tab; `build_app()` puts them together.
+
+The UI is a leaf: it calls `lab.session`, `lab.chat` and the model interface, and nothing
+outside `lab/ui` imports Gradio.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from lab.session import ModelManager
+from lab.ui.chat_tab import build_chat_tab
+
+CSS = """
+#model-info { font-size: 0.9rem; }
+#reply-stats { font-size: 0.85rem; opacity: 0.85; min-height: 1.5em; }
+.lab-warning { color: #b45309; }
+"""
+THEME = gr.themes.Soft(primary_hue="violet")
+
+
+def build_app(manager: ModelManager) -> gr.Blocks:
+    with gr.Blocks(title="Qwen Lab") as demo:
+        gr.Markdown("## Qwen Lab — chat with, compare and measure open models on your own GPU")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                build_chat_tab(manager)
+    demo.queue(default_concurrency_limit=1)  # one generation at a time per model; others wait in line
+    return demo

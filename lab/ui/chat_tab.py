@@ -1,0 +1,294 @@
+"""The Chat tab: streaming replies, Stop, regenerate, undo, edit, clear, export, system-prompt
+presets, sampling controls, per-reply stats and the model panel.
+
+Programs reach every action by a stable api_name (gradio_client): `/chat` is stateless (message,
+history, system prompt and parameters in; the reply out, streamed); `/send`, `/regenerate`,
+`/undo`, `/stop`, `/clear` and `/export` drive a session like the page does; `/model_info` and
+`/load_model` concern the model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from lab.backend import ReplyStats
+from lab.chat import (Conversation, export_conversation, export_json, fit_to_context, format_stats,
+                      sampling_from_ui)
+from lab.errors import LabError
+from lab.models import QUANTS, REGISTRY
+from lab.prompts import system_presets
+from lab.session import LoadRequest, ModelManager
+
+DEFAULT_PRESET = "Qwen default"
+CUSTOM = "Custom"
+STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
+STATS_HEADERS = ["#", "prompt tok", "completion tok", "first token ms", "tok/s", "GPU peak GiB", "seed", "finish"]
+
+
+class SessionCancels:
+    """One cancel event per browser session (or API client session), set by Stop."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> threading.Event:
+        with self._lock:
+            self._events[key] = event = threading.Event()
+        return event
+
+    def stop(self, key: str) -> None:
+        with self._lock:
+            if key in self._events:
+                self._events[key].set()
+
+    def finish(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(key) is event:
+                del self._events[key]
+
+
+def display(messages: list[dict]) -> list[dict]:
+    # Text parts are passed as {"type": "text"} so Gradio shows them verbatim (a bare string is dedented).
+    return [{"role": m["role"], "content": {"type": "text", "text": m["content"]}} for m in messages]
+
+
+def stats_rows(conv: Conversation) -> list[list]:
+    rows = []
+    for n, (_, s) in enumerate(sorted(conv.stats.items()), start=1):
+        rows.append([
+            n, s["prompt_tokens"], s["completion_tokens"],
+            None if s["ttft_s"] is None else round(s["ttft_s"] * 1000),
+            None if s["decode_tokens_per_s"] is None else round(s["decode_tokens_per_s"], 1),
+            None if s["gpu_mem_peak_gib"] is None else round(s["gpu_mem_peak_gib"], 2),
+            s["seed"], s["finish_reason"],
+        ])
+    return rows
+
+
+def edited_text(value) -> str:
+    """The text of an edited message, whatever shape Gradio hands it in."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("text") or value.get("content") or ""
+    if isinstance(value, list):
+        return "".join(edited_text(v) for v in value)
+    return str(value)
+
+
+def build_chat_tab(manager: ModelManager) -> None:
+    presets = system_presets()
+    cancels = SessionCancels()
+
+    def model_markdown() -> str:
+        if not manager.loaded:
+            return "**No model loaded.**"
+        info = manager.model.info
+        return "\n\n".join([f"**Model:** {info.summary()}"] + [f"⚠️ {note}" for note in info.notes])
+
+    # ---- layout -------------------------------------------------------------------------
+    conv_state = gr.State(Conversation())
+    with gr.Row():
+        with gr.Column(scale=3):
+            model_info = gr.Markdown(model_markdown(), elem_id="model-info")
+            chatbot = gr.Chatbot(
+                elem_id="chatbot", label="Conversation", show_label=False, height=540, editable="user",
+                buttons=["copy", "copy_all"],
+                latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
+                                  {"left": "$", "right": "$", "display": False}],
+                placeholder="Ask anything, in any language. Markdown, code and math render here.",
+            )
+            with gr.Row():
+                message = gr.Textbox(show_label=False, placeholder="Message (Enter sends, Shift+Enter for a new line)",
+                                     lines=1, max_lines=12, scale=8, elem_id="chat-input", autofocus=True)
+                with gr.Column(scale=1, min_width=110):
+                    send_btn = gr.Button("Send", variant="primary", elem_id="send-btn")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            with gr.Row():
+                regen_btn = gr.Button("Regenerate", size="sm", elem_id="regen-btn")
+                undo_btn = gr.Button("Undo", size="sm", elem_id="undo-btn")
+                clear_btn = gr.Button("Clear", size="sm", elem_id="clear-btn")
+                export_btn = gr.Button("Export JSON", size="sm", elem_id="export-btn")
+            stats_md = gr.Markdown("", elem_id="reply-stats")
+            export_file = gr.File(label="Conversation export", visible=False, elem_id="export-file")
+            with gr.Accordion("Stats of every reply", open=False):
+                stats_table = gr.Dataframe(headers=STATS_HEADERS, value=[], interactive=False, elem_id="stats-table")
+        with gr.Column(scale=1, min_width=300):
+            with gr.Accordion("System prompt", open=True):
+                preset = gr.Dropdown([*presets, CUSTOM], value=DEFAULT_PRESET, label="Preset", elem_id="preset")
+                system = gr.Textbox(presets[DEFAULT_PRESET], label="System prompt (editable)", lines=4,
+                                    max_lines=16, elem_id="system-prompt")
+            with gr.Accordion("Sampling", open=True):
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=0.8, step=0.05, label="Top-p")
+                top_k = gr.Slider(0, 200, value=20, step=1, label="Top-k (0 = off)")
+                rep = gr.Slider(0.8, 2, value=1.05, step=0.01, label="Repetition penalty")
+                max_new = gr.Slider(16, 8192, value=1024, step=16, label="Max new tokens", elem_id="max-new-tokens")
+                seed = gr.Number(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
+                                 elem_id="seed")
+            with gr.Accordion("Model", open=False):
+                current = manager.request or LoadRequest()
+                model_name = gr.Dropdown(list(REGISTRY), value=manager.model.info.name if manager.loaded else None,
+                                         allow_custom_value=True, label="Model (name, Hub id or local path)")
+                quant = gr.Dropdown(list(QUANTS), value=current.quant, label="Quantization")
+                load_btn = gr.Button("Load", elem_id="load-btn")
+    sampling = [temperature, top_p, top_k, rep, max_new, seed]
+    outputs = [chatbot, conv_state, message, stats_md, stats_table]
+
+    # ---- callbacks ----------------------------------------------------------------------
+    def stream_reply(conv: Conversation, system_prompt: str, params, key: str):
+        """Stream a reply to the conversation as it stands (its last message is the user's)."""
+        model = manager.model
+        fitted = fit_to_context(system_prompt, conv.messages, model.count_chat_tokens,
+                                model.info.context_length, params.max_new_tokens)
+        event = cancels.start(key)
+        text, stats, last = "", None, 0.0
+        try:
+            for chunk in model.stream_chat(fitted.messages, params, event):
+                text += chunk.text
+                stats = chunk.stats or stats
+                if time.monotonic() - last > STREAM_INTERVAL_S:
+                    last = time.monotonic()
+                    partial = conv.messages + [{"role": "assistant", "content": text}]
+                    yield display(partial), conv, gr.skip(), "generating…", gr.skip()
+        finally:
+            cancels.finish(key, event)
+        assert isinstance(stats, ReplyStats), "stream_chat ends with a chunk carrying stats"
+        conv.add_reply(text, stats, params, fitted.dropped_turns)
+        used = stats.prompt_tokens + stats.completion_tokens
+        line = f"{format_stats(conv.stats[len(conv.messages) - 1])} · context {used:,}/{model.info.context_length:,}"
+        yield display(conv.messages), conv, gr.skip(), line, stats_rows(conv)
+
+    def run(conv: Conversation, system_prompt: str, sampling_values, key: str, restore_on_error: int | None = None):
+        """Stream a reply; on a user error, restore the conversation to `restore_on_error` messages."""
+        try:
+            params = sampling_from_ui(*sampling_values)
+            yield from stream_reply(conv, system_prompt, params, key)
+        except LabError as e:
+            if restore_on_error is not None:
+                text = conv.messages[restore_on_error]["content"] if restore_on_error < len(conv.messages) else ""
+                conv.truncate(restore_on_error)
+                yield display(conv.messages), conv, text, "", stats_rows(conv)
+            raise gr.Error(str(e)) from None
+
+    def send(text: str, conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
+             repetition_penalty: float, max_new_tokens: int, seed: int, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        if not text.strip():
+            gr.Warning("Type a message first.")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        n = len(conv.messages)
+        conv.messages.append({"role": "user", "content": text})
+        yield display(conv.messages), conv, "", "generating…", gr.skip()
+        yield from run(conv, system_prompt, values, request.session_hash, restore_on_error=n)
+
+    def regenerate(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
+                   repetition_penalty: float, max_new_tokens: int, seed: int, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        i = conv.last_user_index()
+        if i is None:
+            gr.Warning("There is no message to answer again yet.")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        conv.truncate(i + 1)
+        yield display(conv.messages), conv, gr.skip(), "generating…", stats_rows(conv)
+        yield from run(conv, system_prompt, values, request.session_hash)
+
+    def edit(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
+             repetition_penalty: float, max_new_tokens: int, seed: int,
+             evt: gr.EditData, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        i = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if i >= len(conv.messages) or conv.messages[i]["role"] != "user":
+            gr.Warning("Only your own messages can be edited.")
+            yield display(conv.messages), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        conv.messages[i] = {"role": "user", "content": edited_text(evt.value)}
+        conv.truncate(i + 1)  # the replies after an edited message no longer answer it
+        yield display(conv.messages), conv, gr.skip(), "generating…", stats_rows(conv)
+        yield from run(conv, system_prompt, values, request.session_hash)
+
+    def undo(conv: Conversation):
+        i = conv.last_user_index()
+        if i is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        text = conv.messages[i]["content"]
+        conv.truncate(i)
+        return display(conv.messages), conv, text, "", stats_rows(conv)
+
+    def clear():
+        return [], Conversation(), "", "", []
+
+    def stop(request: gr.Request) -> None:
+        cancels.stop(request.session_hash)
+
+    def export(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
+               repetition_penalty: float, max_new_tokens: int, seed: int):
+        try:
+            params = sampling_from_ui(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+        record = export_conversation(conv, system_prompt, params, manager.model.info if manager.loaded else None)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(tempfile.mkdtemp(prefix="qwen-lab-")) / f"qwen-lab-chat-{stamp}.json"
+        path.write_text(export_json(record), encoding="utf-8")
+        return str(path)
+
+    def load(name: str, quant_choice: str):
+        base = manager.request or LoadRequest()
+        try:
+            manager.load(LoadRequest(name or None, quant_choice, base.device, base.double_quant))
+        except LabError as e:
+            gr.Warning(str(e))
+        return model_markdown()
+
+    # ---- events -------------------------------------------------------------------------
+    message.submit(send, [message, conv_state, system, *sampling], outputs, api_name="send")
+    send_btn.click(send, [message, conv_state, system, *sampling], outputs, api_visibility="private")
+    stop_btn.click(stop, None, None, queue=False, api_name="stop")
+    regen_btn.click(regenerate, [conv_state, system, *sampling], outputs, api_name="regenerate")
+    chatbot.retry(regenerate, [conv_state, system, *sampling], outputs, api_visibility="private")
+    chatbot.edit(edit, [conv_state, system, *sampling], outputs, api_visibility="private")
+    undo_btn.click(undo, [conv_state], outputs, api_name="undo")
+    chatbot.undo(undo, [conv_state], outputs, api_visibility="private")
+    clear_btn.click(clear, None, outputs, api_name="clear")
+    chatbot.clear(clear, None, outputs, api_visibility="private")
+    export_btn.click(export, [conv_state, system, *sampling], export_file, api_name="export").then(
+        lambda: gr.File(visible=True), None, export_file, api_visibility="private")
+    preset.input(lambda name: presets.get(name, gr.skip()), preset, system, api_visibility="private")
+    system.input(lambda: CUSTOM, None, preset, api_visibility="private")
+    load_btn.click(load, [model_name, quant], model_info, api_name="load_model", concurrency_id="model")
+
+    def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
+             temperature: float = 0.7, top_p: float = 0.8, top_k: int = 20, repetition_penalty: float = 1.05,
+             max_new_tokens: int = 512, seed: int = -1, request: gr.Request = None) -> str:
+        """Reply to `message` after `history` ([{"role", "content"}, ...]); streams the reply so far.
+
+        A seed >= 0 makes the reply reproducible; the oldest turns are dropped if the conversation
+        does not fit the context."""
+        if not message or not message.strip():
+            raise gr.Error("The message is empty.")
+        conv = Conversation([{"role": m["role"], "content": m["content"]} for m in history or []])
+        conv.messages.append({"role": "user", "content": message})
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        key = request.session_hash if request else f"api-{id(conv)}"
+        text = ""
+        for out in run(conv, system_prompt, values, key):
+            text = out[0][-1]["content"]["text"] if out[0] and out[0][-1]["role"] == "assistant" else text
+            yield text
+
+    gr.api(chat, api_name="chat")
+
+    def model_info_api() -> dict:
+        """The loaded model: name, source, quantization, device, context length and weight memory."""
+        return manager.model.info.to_dict() if manager.loaded else {}
+
+    gr.api(model_info_api, api_name="model_info")

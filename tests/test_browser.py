@@ -1,0 +1,93 @@
+"""The page in a real browser: headless Debian Chromium driven by Playwright, against
+`python app.py --model tiny-random` in a subprocess. Screenshots land in tests/artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import ARTIFACTS, _require
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = os.environ.get("LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        _require("LAB_REQUIRE_BROWSER", "Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(30_000)
+    pg.goto(app_url)
+    pg.wait_for_selector("#chat-input textarea")
+    yield pg
+    pg.close()
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def reply_text(page) -> str:
+    bots = page.locator('#chatbot [data-testid="bot"]')
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def test_type_stream_stop_and_screenshot(page):
+    info = page.inner_text("#model-info")
+    assert "tiny-random" in info and "replies are noise" in info
+    set_number(page, "max-new-tokens", 4000)  # far more than it can produce before Stop is pressed
+    set_number(page, "seed", 42)
+    page.click("#chat-input textarea")
+    page.keyboard.type("Tell me a long story about a fox. 讲一个故事。")
+    page.keyboard.press("Enter")
+
+    page.wait_for_function("() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
+                           " return b.length && b[b.length - 1].innerText.trim().length > 0; }")
+    first = len(reply_text(page))
+    deadline = time.monotonic() + 20
+    while len(reply_text(page)) <= first and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(reply_text(page)) > first, "the reply does not grow: it is not streamed"
+    assert "generating" in page.inner_text("#reply-stats")
+
+    page.click("#stop-btn")
+    page.wait_for_function("() => document.querySelector('#reply-stats').innerText.includes('stopped')",
+                           timeout=10_000)
+    stopped = reply_text(page)
+    time.sleep(1.5)
+    assert reply_text(page) == stopped, "text kept arriving after Stop"
+    stats = page.inner_text("#reply-stats")
+    assert "seed 42" in stats and "completion" in stats
+    completion = int(stats.split("completion ")[1].split(" tok")[0].replace(",", ""))
+    assert 0 < completion < 4000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-after-stop.png"), full_page=True)
+
+
+def test_preset_fills_the_system_prompt_and_editing_marks_it_custom(page):
+    page.click("#preset input")
+    page.get_by_role("option", name="简洁回答").click()
+    page.wait_for_function("() => document.querySelector('#system-prompt textarea').value.startsWith('你是')")
+    page.fill("#system-prompt textarea", "You answer in haiku.")
+    page.locator("#system-prompt textarea").press("End")
+    page.keyboard.type(" Always.")
+    page.wait_for_function("() => document.querySelector('#preset input').value === 'Custom'")
