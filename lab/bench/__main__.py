@@ -1,0 +1,45 @@
+"""python -m lab.bench CASE [flags]: run a benchmark case and print its table.
+
+Cases:
+  chat   the chat path per quantization: weight and peak memory, time to first token, decode tok/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+
+from lab.errors import LabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="case", required=True)
+    chat = sub.add_parser("chat", help="chat-path memory, first-token time and decode speed per quantization")
+    chat.add_argument("--shape", choices=("7b", "tiny"), default="7b",
+                      help="7b: Qwen2.5-7B-Instruct's exact shape with random weights; tiny: tiny-random")
+    chat.add_argument("--quants", default="bf16,8bit,4bit", help="comma-separated: 4bit, 8bit, bf16, fp16, fp32")
+    chat.add_argument("--prompt-tokens", type=int, default=512)
+    chat.add_argument("--new-tokens", type=int, default=256)
+    chat.add_argument("--repeats", type=int, default=3)
+    chat.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the random checkpoint is written")
+    chat.add_argument("--out", help="folder for the results (.md and .json)")
+    args = p.parse_args(argv)
+    args.command_line = "python -m lab.bench " + shlex.join(argv)
+    try:
+        if args.case == "chat":
+            from lab.bench.chat import run
+
+            return run(args)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
