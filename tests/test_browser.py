@@ -91,3 +91,30 @@ def test_preset_fills_the_system_prompt_and_editing_marks_it_custom(page):
     page.locator("#system-prompt textarea").press("End")
     page.keyboard.type(" Always.")
     page.wait_for_function("() => document.querySelector('#preset input').value === 'Custom'")
+
+
+def wait_for_reply_done(page, replies: int) -> None:
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#chatbot [data-testid=bot]').length === {replies}"
+        " && document.querySelector('#reply-stats').innerText.includes('context')")
+
+
+def test_markdown_renders_and_editing_a_message_regenerates_from_there(page):
+    set_number(page, "max-new-tokens", 16)
+    page.fill("#chat-input textarea", "你好 **bold**\n```python\ndef f():\n    return 1\n```")
+    page.press("#chat-input textarea", "Enter")
+    wait_for_reply_done(page, 1)
+    user = page.locator('#chatbot [data-testid="user"]').first
+    assert user.locator("strong").inner_text() == "bold"
+    assert "def f():" in user.locator("pre code").inner_text()  # a fenced block becomes a code block
+    assert "你好" in user.inner_text()
+
+    page.fill("#chat-input textarea", "second question")
+    page.press("#chat-input textarea", "Enter")
+    wait_for_reply_done(page, 2)
+    page.locator('#chatbot [data-testid="user"]').first.hover()
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea.edit-textarea").fill("an edited first question")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    wait_for_reply_done(page, 1)  # the turns after the edited message are gone, one new reply
+    assert page.locator('#chatbot [data-testid="user"]').all_inner_texts() == ["an edited first question"]

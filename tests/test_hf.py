@@ -25,6 +25,19 @@ def test_implements_the_model_interface(tiny):
     assert isinstance(tiny, ChatModel)
 
 
+def test_chat_template_is_the_models_own(tiny, data_dir):
+    """With the real Qwen2.5 tokenizer, the prompt is Qwen's ChatML, with its default system turn."""
+    turns = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hi!"},
+             {"role": "user", "content": "2+2?"}]
+    assert tiny.render(turns) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\nHi!<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    own = tiny.render([{"role": "system", "content": "Be brief."}, turns[0]])
+    assert own.startswith("<|im_start|>system\nBe brief.<|im_end|>\n") and "Alibaba" not in own
+    assert tiny.count_chat_tokens(turns) == len(tiny.encode(tiny.render(turns)))
+
+
 def test_stream_reports_tokens_and_timing(tiny):
     text, stats = reply(tiny, SamplingParams(max_new_tokens=24, seed=1, ignore_eos=True))
     assert stats.prompt_tokens == tiny.count_chat_tokens(MESSAGES)

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--repeats", type=int, default=3)
     chat.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the random checkpoint is written")
     chat.add_argument("--out", help="folder for the results (.md and .json)")
+    chat.add_argument("--append", action="store_true", help="add rows to the results already in --out")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     try:

@@ -79,26 +79,31 @@ def plain_generate_tok_s(model, messages: list[dict], new_tokens: int) -> float:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    timed(8)
     return (new_tokens - 1) / (timed(new_tokens) - timed(1))
 
 
+def stream_stats(model, messages: list[dict], params: SamplingParams):
+    stats = [c.stats for c in model.stream_chat(messages, params) if c.stats][0]
+    assert stats.completion_tokens == params.max_new_tokens, stats
+    return stats
+
+
 def measure_quant(path: Path, quant: str, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+    """Each repeat runs the three variants back to back, so machine noise hits them alike."""
     base = torch.cuda.memory_allocated() if runtime.cuda_available() else 0
     t = time.perf_counter()
     model = load_model(str(path), quant=quant)
     load_s = time.perf_counter() - t
     messages = prompt_of_length(model, prompt_tokens)
-    params = SamplingParams(max_new_tokens=new_tokens, seed=0, ignore_eos=True)  # the page's sampling defaults
-    warm = SamplingParams(max_new_tokens=8, seed=0, ignore_eos=True)
-    for _ in model.stream_chat(messages, warm):  # kernels, allocator and caches warm before timing
-        pass
-    runs = []
+    sampled = SamplingParams(max_new_tokens=new_tokens, seed=0, ignore_eos=True)  # the page's defaults
+    greedy = SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=new_tokens, ignore_eos=True)
+    stream_stats(model, messages, SamplingParams(max_new_tokens=8, seed=0, ignore_eos=True))  # warm-up
+    plain_generate_tok_s(model, messages, 8)
+    runs, greedy_tps, plain_tps = [], [], []
     for _ in range(repeats):
-        stats = [c.stats for c in model.stream_chat(messages, params) if c.stats][0]
-        assert stats.completion_tokens == new_tokens, stats
-        runs.append(stats)
-    plain = plain_generate_tok_s(model, messages, new_tokens)
+        runs.append(stream_stats(model, messages, sampled))
+        greedy_tps.append(round(stream_stats(model, messages, greedy).decode_tokens_per_s, 1))
+        plain_tps.append(round(plain_generate_tok_s(model, messages, new_tokens), 1))
     row = {
         "quant": quant,
         "detail": model.info.quant_detail,
@@ -107,7 +112,8 @@ def measure_quant(path: Path, quant: str, prompt_tokens: int, new_tokens: int, r
         "peak_gib": max((r.gpu_mem_peak_gib or 0) for r in runs) or None,
         "ttft_ms": [round(r.ttft_s * 1000, 1) for r in runs],
         "decode_tok_s": [round(r.decode_tokens_per_s, 1) for r in runs],
-        "plain_generate_tok_s": round(plain, 1),
+        "greedy_stream_tok_s": greedy_tps,
+        "plain_generate_tok_s": plain_tps,
         "prompt_tokens": runs[0].prompt_tokens,
         "new_tokens": new_tokens,
     }
@@ -132,13 +138,14 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         f"Batch 1, prompt {meta['prompt_tokens']} tokens through the chat template, {meta['new_tokens']} new tokens "
         f"(end-of-turn masked), the page's sampling defaults (temperature 0.7, top-p 0.8, top-k 20, repetition "
         f"penalty 1.05), through `HFModel.stream_chat`. Median of {meta['repeats']} runs after a warm-up; "
-        "every run is listed in brackets. 'plain generate()' is a bare greedy `generate()` of the same model "
-        "without streaming or sampling, for reference. 'left after close' is GPU memory still allocated after "
-        "`close()`, i.e. what switching models would leak.",
+        "every run is listed in brackets. Each repeat runs, back to back: the page's path with its sampling "
+        "defaults ('decode tok/s'), the page's path greedy ('greedy stream'), and a bare greedy `generate()` "
+        "without streaming ('plain generate()'), so the cost of sampling and of streaming can be told apart. "
+        "'left after close' is GPU memory still allocated after `close()`, i.e. what switching models keeps.",
         "",
-        "| quant | weights GiB | peak GiB | first token ms | decode tok/s | plain generate() tok/s | load s "
-        "| left after close GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| quant | weights GiB | peak GiB | first token ms | decode tok/s | greedy stream tok/s "
+        "| plain generate() tok/s | load s | left after close GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         peak = "—" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f}"
@@ -146,7 +153,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['quant']} {('(' + r['detail'] + ')') if r['detail'] else ''} | {r['weights_gib']:.2f} | {peak} | "
             f"{med(r['ttft_ms']):.1f} {r['ttft_ms']} | {med(r['decode_tok_s']):.1f} {r['decode_tok_s']} | "
-            f"{r['plain_generate_tok_s']} | {r['load_s']} | {left} |"
+            f"{med(r['greedy_stream_tok_s']):.1f} {r['greedy_stream_tok_s']} | "
+            f"{med(r['plain_generate_tok_s']):.1f} {r['plain_generate_tok_s']} | {r['load_s']} | {left} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -161,6 +169,11 @@ def run(args) -> int:
     }
     rows = []
     out = Path(args.out) if args.out else None
+    previous = out / f"chat-{args.shape}.json" if out else None
+    if args.append and previous and previous.is_file():  # a long run split over several calls: one table
+        earlier = json.loads(previous.read_text())
+        rows = earlier["rows"]
+        meta["command"] = f"{earlier['meta']['command']}` then `{meta['command']}"
     for quant in quants:
         row = measure_quant(path, quant, args.prompt_tokens, args.new_tokens, args.repeats)
         rows.append(row)
