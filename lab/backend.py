@@ -105,9 +105,11 @@ class ModelInfo:
 
     def summary(self) -> str:
         detail = f" ({self.quant_detail})" if self.quant_detail else ""
+        size = (f"{self.weight_bytes / 2**30:.2f} GiB" if self.weight_bytes >= 2**30
+                else f"{self.weight_bytes / 2**20:.1f} MiB")
         return (
             f"{self.name} · {self.quant}{detail} · {self.device} · "
-            f"weights {self.weight_bytes / 2**30:.2f} GiB · context {self.context_length:,} tokens"
+            f"weights {size} · context {self.context_length:,} tokens"
         )
 
 

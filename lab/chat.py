@@ -24,6 +24,34 @@ def with_system(system_prompt: str, history: Sequence[Message]) -> list[Message]
     return head + [{"role": m["role"], "content": m["content"]} for m in history]
 
 
+ROLES = ("user", "assistant", "tool")
+
+
+def parse_history(history: object) -> tuple[str | None, list[Message]]:
+    """Messages from a program: [{"role", "content"}, ...], content a string or a list of text parts
+    (OpenAI and Gradio shapes). A leading system message comes back apart, as the system prompt."""
+    if history is None:
+        return None, []
+    if not isinstance(history, list):
+        raise LabError("The history must be a list of messages like {\"role\": \"user\", \"content\": \"Hi\"}.")
+    system, out = None, []
+    for i, m in enumerate(history):
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):  # text parts: [{"type": "text", "text": "..."}]
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if role == "system" and i == 0 and isinstance(content, str):
+            system = content
+            continue
+        if role not in ROLES or not isinstance(content, str):
+            raise LabError(
+                f"Message {i + 1} of the history needs a role ({', '.join(ROLES)}, or system first) "
+                "and text content."
+            )
+        out.append({"role": role, "content": content})
+    return system, out
+
+
 def split_turns(history: Sequence[Message]) -> list[list[Message]]:
     """Group a history into turns, each starting at a user message (replies and tool results follow)."""
     turns: list[list[Message]] = []

@@ -150,7 +150,7 @@ def _fit_quant(checkpoint_bytes: int | None) -> str:
 def fetch_checkpoint(hub_id: str) -> str:
     """A local directory with the model's files: from the cache, else downloaded from the Hub."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return snapshot_download(hub_id, allow_patterns=WEIGHT_PATTERNS, local_files_only=True)
@@ -167,7 +167,10 @@ def fetch_checkpoint(hub_id: str) -> str:
     except RepositoryNotFoundError:
         raise LabError(f"There is no model {hub_id} on the Hugging Face Hub (or it is private and you are not "
                        f"logged in); {fallback}.") from None
-    except Exception as e:  # connection refused, DNS, timeouts, disk full...
+    except LocalEntryNotFoundError:  # what the hub client raises when it cannot connect
+        raise LabError(f"{hub_id} is not in the local Hugging Face cache and the Hub cannot be reached; "
+                       f"{fallback}.") from None
+    except Exception as e:  # timeouts, disk full, ...
         raise LabError(
             f"{hub_id} is not in the local Hugging Face cache and could not be downloaded "
             f"({type(e).__name__}); {fallback}."

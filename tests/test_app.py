@@ -42,9 +42,14 @@ def test_chat_endpoint_streams(client):
     assert partials[-1] == final and all(final.startswith(p) for p in partials)
 
 
-def test_empty_message_is_one_sentence(client):
+def test_bad_input_is_one_sentence_and_the_app_keeps_serving(client):
     with pytest.raises(Exception, match="The message is empty"):
         client.predict(message="  ", api_name="/chat")
+    with pytest.raises(Exception, match="Message 1 of the history needs a role"):
+        client.predict(message="hi", history=[{"role": "robot", "content": "x"}], api_name="/chat")
+    with pytest.raises(Exception, match="exceeds the model's context of 4,096 tokens"):
+        client.predict(message="word " * 5000, max_new_tokens=16, api_name="/chat")
+    assert client.predict(message="still there?", max_new_tokens=4, seed=1, api_name="/chat")
 
 
 def test_session_actions_send_regenerate_undo_export_clear(app_url):
@@ -64,6 +69,16 @@ def test_session_actions_send_regenerate_undo_export_clear(app_url):
     assert shown3 == [] and box3 == "What is 2+2?"
     shown4, *_ = c.predict(api_name="/clear")
     assert shown4 == []
+
+
+def test_long_conversations_drop_the_oldest_turns_and_say_so(app_url, tiny):
+    c = Client(app_url, verbose=False)
+    words = 2000 * 2000 // tiny.count_tokens("word " * 2000)  # about 2,000 tokens a message, either tokenizer
+    for n in range(3):  # tiny-random's context is 4,096: a turn plus 256 new tokens fits, two turns do not
+        shown, _box, stats, _table = c.predict(f"turn {n}: " + "word " * words, "Be brief.", 0.7, 0.8, 20, 1.05,
+                                               256, 1, api_name="/send")
+    assert len(shown) == 6  # the page keeps every message; only what the model sees is trimmed
+    assert "2 oldest turns dropped to fit the context" in stats
 
 
 def test_model_info(client):

@@ -8,7 +8,7 @@ import pytest
 
 from lab.backend import ModelInfo, ReplyStats, SamplingParams
 from lab.chat import (Conversation, export_conversation, export_json, fit_to_context, format_stats,
-                      sampling_from_ui, split_turns, with_system)
+                      parse_history, sampling_from_ui, split_turns, with_system)
 from lab.errors import LabError
 
 
@@ -28,6 +28,25 @@ def history(n_turns: int, size: int = 10):
 def test_empty_system_prompt_adds_no_system_turn():
     assert with_system("  ", [{"role": "user", "content": "hi"}]) == [{"role": "user", "content": "hi"}]
     assert with_system("Be brief.", [])[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_history_from_programs_in_openai_and_gradio_shapes():
+    system, msgs = parse_history([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "你好"}]},
+        {"role": "assistant", "content": "Hi", "metadata": None},
+    ])
+    assert system == "Be brief."
+    assert msgs == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hi"}]
+    assert parse_history(None) == (None, [])
+
+
+@pytest.mark.parametrize("history", ["hi", [{"role": "bot", "content": "x"}], [{"role": "user"}],
+                                     [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]])
+def test_malformed_history_is_one_sentence(history):
+    with pytest.raises(LabError) as e:
+        parse_history(history)
+    assert str(e.value).endswith(".") and "\n" not in str(e.value)
 
 
 def test_turns_start_at_user_messages():
@@ -108,3 +127,11 @@ def test_stats_line():
                     " · 2 oldest turns dropped to fit the context")
     gpu = format_stats(ReplyStats(1, 2, None, None, 0.1, "length", 3, gpu_mem_in_use_gib=5.5, gpu_mem_peak_gib=6.0))
     assert "GPU 5.50 GiB in use (peak 6.00)" in gpu and "hit max new tokens" in gpu
+
+
+def test_model_summary_line():
+    assert INFO.summary() == "tiny-random · fp32 · cpu · weights 1.0 MiB · context 4,096 tokens"
+    big = ModelInfo("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "4bit", "cuda:0", 32768, int(5.18 * 2**30),
+                    quant_detail="bitsandbytes NF4, bf16 compute, double quant")
+    assert big.summary() == ("Qwen2.5-7B-Instruct · 4bit (bitsandbytes NF4, bf16 compute, double quant) · cuda:0 · "
+                             "weights 5.18 GiB · context 32,768 tokens")

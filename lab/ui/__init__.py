@@ -14,7 +14,6 @@ from lab.ui.chat_tab import build_chat_tab
 CSS = """
 #model-info { font-size: 0.9rem; }
 #reply-stats { font-size: 0.85rem; opacity: 0.85; min-height: 1.5em; }
-.lab-warning { color: #b45309; }
 """
 THEME = gr.themes.Soft(primary_hue="violet")
 

@@ -19,7 +19,7 @@ import gradio as gr
 
 from lab.backend import ReplyStats
 from lab.chat import (Conversation, export_conversation, export_json, fit_to_context, format_stats,
-                      sampling_from_ui)
+                      parse_history, sampling_from_ui)
 from lab.errors import LabError
 from lab.models import QUANTS, REGISTRY
 from lab.prompts import system_presets
@@ -150,6 +150,9 @@ def build_chat_tab(manager: ModelManager) -> None:
                                 model.info.context_length, params.max_new_tokens)
         event = cancels.start(key)
         text, stats, last = "", None, 0.0
+        status = "generating…"
+        if fitted.dropped_turns:
+            status += f" ({fitted.dropped_turns} oldest turn{'s' if fitted.dropped_turns != 1 else ''} dropped to fit)"
         try:
             for chunk in model.stream_chat(fitted.messages, params, event):
                 text += chunk.text
@@ -157,7 +160,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 if time.monotonic() - last > STREAM_INTERVAL_S:
                     last = time.monotonic()
                     partial = conv.messages + [{"role": "assistant", "content": text}]
-                    yield display(partial), conv, gr.skip(), "generating…", gr.skip()
+                    yield display(partial), conv, gr.skip(), status, gr.skip()
         finally:
             cancels.finish(key, event)
         assert isinstance(stats, ReplyStats), "stream_chat ends with a chunk carrying stats"
@@ -272,12 +275,16 @@ def build_chat_tab(manager: ModelManager) -> None:
              max_new_tokens: int = 512, seed: int = -1, request: gr.Request = None) -> str:
         """Reply to `message` after `history` ([{"role", "content"}, ...]); streams the reply so far.
 
-        A seed >= 0 makes the reply reproducible; the oldest turns are dropped if the conversation
-        does not fit the context."""
+        A system message first in `history` replaces `system_prompt`. A seed >= 0 makes the reply
+        reproducible; the oldest turns are dropped if the conversation does not fit the context."""
         if not message or not message.strip():
             raise gr.Error("The message is empty.")
-        conv = Conversation([{"role": m["role"], "content": m["content"]} for m in history or []])
-        conv.messages.append({"role": "user", "content": message})
+        try:
+            system_in_history, messages = parse_history(history)
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+        conv = Conversation(messages + [{"role": "user", "content": message}])
+        system_prompt = system_in_history if system_in_history is not None else system_prompt
         values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
         key = request.session_hash if request else f"api-{id(conv)}"
         text = ""
