@@ -31,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
     p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
     p.add_argument("--device", default=os.environ.get("LAB_DEVICE", "auto"), choices=DEVICES)
+    p.add_argument("--context", type=int, metavar="TOKENS",
+                   help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
+                        "(Qwen2.5-7B: up to 131072)")
     p.add_argument("--data-dir", help="benchmark data and tokenizer folder (sets LAB_DATA_DIR)")
     p.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
                    help="address to bind; the default serves this machine only")
@@ -59,7 +62,7 @@ def create(args: argparse.Namespace):
     try:
         parse_auth(args.auth)
         print("Loading model…", file=sys.stderr, flush=True)
-        model = manager.load(LoadRequest(args.model, args.quant, args.device, not args.no_double_quant))
+        model = manager.load(LoadRequest(args.model, args.quant, args.device, not args.no_double_quant, args.context))
         print(f"Loaded {model.info.summary()}", file=sys.stderr, flush=True)
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)

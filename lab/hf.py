@@ -12,7 +12,7 @@ import time
 from typing import Iterator, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, StoppingCriteriaList
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, StoppingCriteriaList
 
 from lab import runtime
 from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, SamplingParams
@@ -41,8 +41,22 @@ def quant_detail(quant: str, double_quant: bool) -> str:
     }.get(quant, "")
 
 
+def extend_context(config, name: str, native: int, context: int) -> str:
+    """Stretch RoPE with YaRN so the model reaches `context` tokens (Qwen2.5's own recipe for 128K);
+    returns the note for the page."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise LabError(f"{name} already scales its positions ({rope['rope_type']}), so --context cannot go past "
+                       f"its {native:,} tokens.")
+    factor = context / native
+    config.rope_parameters = {**rope, "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": native}
+    return (f"context extended from {native:,} to {context:,} tokens with YaRN (factor {factor:g}); static YaRN "
+            "can cost some quality on short texts")
+
+
 def load_hf(path: str, *, spec, source: str, quant: str, device: str, double_quant: bool = True,
-            notes: Sequence[str] = ()) -> "HFModel":
+            context: int | None = None, notes: Sequence[str] = ()) -> "HFModel":
+    notes = list(notes)
     kwargs: dict = {"dtype": DTYPES[quant]}
     if quant in ("4bit", "8bit"):
         kwargs["quantization_config"] = bnb_config(quant, double_quant)
@@ -50,8 +64,12 @@ def load_hf(path: str, *, spec, source: str, quant: str, device: str, double_qua
         kwargs["device_map"] = {"": 0}
     before = torch.cuda.memory_allocated() if device == "cuda" else 0
     try:
+        config = AutoConfig.from_pretrained(path)
+        native = spec.context_length or getattr(config, "max_position_embeddings", None) or 4096
+        if context is not None and context > native:
+            notes.append(extend_context(config, spec.name, native, context))
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     except torch.OutOfMemoryError:
         runtime.release_gpu_memory()
         raise LabError(
@@ -62,11 +80,10 @@ def load_hf(path: str, *, spec, source: str, quant: str, device: str, double_qua
         raise LabError(f"Could not load {spec.name} from {path} ({first.rstrip('.')}).") from None
     model.eval()
     weight_bytes = (torch.cuda.memory_allocated() - before) if device == "cuda" else model.get_memory_footprint()
-    context = spec.context_length or getattr(model.config, "max_position_embeddings", None) or 4096
     info = ModelInfo(
         name=spec.name, source=source, quant=quant, device="cuda:0" if device == "cuda" else "cpu",
-        context_length=int(context), weight_bytes=int(weight_bytes),
-        quant_detail=quant_detail(quant, double_quant), notes=list(notes),
+        context_length=int(context or native), weight_bytes=int(weight_bytes),
+        quant_detail=quant_detail(quant, double_quant), notes=notes,
     )
     return HFModel(model, tokenizer, info)
 

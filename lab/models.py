@@ -23,6 +23,7 @@ from lab.errors import LabError
 QUANTS = ("auto", "4bit", "8bit", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
 TINY = "tiny-random"
+MIN_CONTEXT = 512
 
 # Only what from_pretrained needs; no *.bin/*.pth duplicates, no remote code.
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
@@ -181,8 +182,13 @@ def checkpoint_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def load_model(name: str | None = None, quant: str = "auto", device: str = "auto", double_quant: bool = True):
-    """Load a model for chat, evaluation and scoring; returns a `lab.hf.HFModel`."""
+def load_model(name: str | None = None, quant: str = "auto", device: str = "auto", double_quant: bool = True,
+               context: int | None = None):
+    """Load a model for chat, evaluation and scoring; returns a `lab.hf.HFModel`.
+
+    `context` caps the token budget below the model's own context, or stretches it past that with YaRN."""
+    if context is not None and context < MIN_CONTEXT:
+        raise LabError(f"--context must be at least {MIN_CONTEXT} tokens, got {context}.")
     device = pick_device(device)
     spec = resolve_spec(name, device)
     check_quant_possible(quant, device)  # before downloading gigabytes
@@ -200,4 +206,4 @@ def load_model(name: str | None = None, quant: str = "auto", device: str = "auto
     from lab.hf import load_hf
 
     return load_hf(path, spec=spec, source=source, quant=resolved, device=device,
-                   double_quant=double_quant, notes=notes)
+                   double_quant=double_quant, context=context, notes=notes)

@@ -20,6 +20,7 @@ class LoadRequest:
     quant: str = "auto"
     device: str = "auto"
     double_quant: bool = True
+    context: int | None = None  # None: the model's own
 
 
 class ModelManager:
@@ -49,12 +50,14 @@ class ModelManager:
             previous, self._request = self._request, request
             self._drop()
             try:
-                self._model = self._loader(request.model, request.quant, request.device, request.double_quant)
+                self._model = self._loader(request.model, request.quant, request.device, request.double_quant,
+                                           request.context)
             except LabError as e:
                 self._request = None
                 if previous is None:
                     raise
-                self._model = self._loader(previous.model, previous.quant, previous.device, previous.double_quant)
+                self._model = self._loader(previous.model, previous.quant, previous.device, previous.double_quant,
+                                           previous.context)
                 self._request = previous
                 raise LabError(
                     f"{str(e).rstrip('.')}; the previous model ({self._model.info.name}) is loaded again."

@@ -138,6 +138,8 @@ def build_chat_tab(manager: ModelManager) -> None:
                 model_name = gr.Dropdown(list(REGISTRY), value=manager.model.info.name if manager.loaded else None,
                                          allow_custom_value=True, label="Model (name, Hub id or local path)")
                 quant = gr.Dropdown(list(QUANTS), value=current.quant, label="Quantization")
+                context = gr.Number(current.context, precision=0, minimum=0,
+                                    label="Context tokens (empty: the model's own; more: YaRN)")
                 load_btn = gr.Button("Load", elem_id="load-btn")
     sampling = [temperature, top_p, top_k, rep, max_new, seed]
     outputs = [chatbot, conv_state, message, stats_md, stats_table]
@@ -245,10 +247,11 @@ def build_chat_tab(manager: ModelManager) -> None:
         path.write_text(export_json(record), encoding="utf-8")
         return str(path)
 
-    def load(name: str, quant_choice: str):
+    def load(name: str, quant_choice: str, context_tokens: float | None):
         base = manager.request or LoadRequest()
         try:
-            manager.load(LoadRequest(name or None, quant_choice, base.device, base.double_quant))
+            manager.load(LoadRequest(name or None, quant_choice, base.device, base.double_quant,
+                                     int(context_tokens) if context_tokens else None))
         except LabError as e:
             gr.Warning(str(e))
         return model_markdown()
@@ -268,7 +271,7 @@ def build_chat_tab(manager: ModelManager) -> None:
         lambda: gr.File(visible=True), None, export_file, api_visibility="private")
     preset.input(lambda name: presets.get(name, gr.skip()), preset, system, api_visibility="private")
     system.input(lambda: CUSTOM, None, preset, api_visibility="private")
-    load_btn.click(load, [model_name, quant], model_info, api_name="load_model", concurrency_id="model")
+    load_btn.click(load, [model_name, quant, context], model_info, api_name="load_model", concurrency_id="model")
 
     def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
              temperature: float = 0.7, top_p: float = 0.8, top_k: int = 20, repetition_penalty: float = 1.05,
