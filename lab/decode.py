@@ -9,7 +9,7 @@ import threading
 import time
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 _END = object()
@@ -58,6 +58,29 @@ class CancelOnEvent(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TopKTopP(LogitsProcessor):
+    """Top-k, then top-p (nucleus) among the k survivors.
+
+    Transformers' separate warpers keep the same tokens, but its top-p sorts the whole vocabulary
+    (151,665 logits for Qwen2.5) every step although top-k has already ruled out all but k of them;
+    on a CPU that sort costs more than a small model's forward pass. Token i of the k (by falling
+    logit) survives when the probability mass before it is still below top_p, which is the
+    warper's rule ("drop while the ascending cumulative mass is <= 1 - top_p") read from the top.
+    """
+
+    def __init__(self, top_k: int, top_p: float) -> None:
+        assert top_k > 0 and 0 < top_p <= 1, (top_k, top_p)
+        self.top_k, self.top_p = top_k, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        values, index = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # sorted, largest first
+        if self.top_p < 1.0:
+            probs = values.softmax(dim=-1)
+            before = probs.cumsum(dim=-1) - probs
+            values = values.masked_fill(before >= self.top_p, float("-inf"))  # the first token always stays
+        return torch.full_like(scores, float("-inf")).scatter_(-1, index, values)
 
 
 class IncrementalDecoder:

@@ -12,11 +12,12 @@ import time
 from typing import Iterator, Sequence
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, StoppingCriteriaList
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LogitsProcessorList,
+                          StoppingCriteriaList)
 
 from lab import runtime
 from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, SamplingParams
-from lab.decode import CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, cut_at_stop
+from lab.decode import CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop
 from lab.errors import LabError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -127,8 +128,12 @@ class HFModel:
         )
         if params.greedy:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif params.top_k:
+            # One warper sorts only the top-k survivors; 0 and 1.0 switch off Transformers' own two.
+            kw.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=1.0,
+                      logits_processor=LogitsProcessorList([TopKTopP(params.top_k, params.top_p)]))
         else:
-            kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+            kw.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=params.top_p)
         if params.ignore_eos:
             kw["min_new_tokens"] = params.max_new_tokens  # masks end-of-turn tokens until the end
         return kw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.decode import IncrementalDecoder, StopMatcher, cut_at_stop
+from lab.decode import IncrementalDecoder, StopMatcher, TopKTopP, cut_at_stop
 
 
 @pytest.mark.parametrize("text", [
@@ -56,3 +56,16 @@ def test_stop_matcher_without_stops_passes_everything():
 def test_cut_at_stop_takes_the_earliest():
     assert cut_at_stop("a\n\nb###c", ("###", "\n\n")) == ("a", True)
     assert cut_at_stop("abc", ("x",)) == ("abc", False)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(20, 0.8), (1, 0.5), (50, 1.0), (5, 0.999), (200, 0.3)])
+def test_top_k_top_p_keeps_exactly_what_the_two_transformers_warpers_keep(top_k, top_p):
+    import torch
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(top_k)
+    scores = torch.randn(64, 151_665) * torch.rand(64, 1) * 8  # flat to peaked distributions
+    ours = TopKTopP(top_k, top_p)(None, scores.clone())
+    theirs = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, scores.clone()))
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-6)
