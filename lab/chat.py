@@ -163,6 +163,9 @@ def format_stats(stats: dict | ReplyStats) -> str:
     parts.append(f"seed {s['seed']}")
     parts.append({"stop": "finished", "length": "hit max new tokens", "cancelled": "stopped"}[s["finish_reason"]])
     if s.get("dropped_turns"):
-        n = s["dropped_turns"]
-        parts.append(f"{n} oldest turn{'s' if n != 1 else ''} dropped to fit the context")
+        parts.append(dropped_note(s["dropped_turns"]))
     return " · ".join(parts)
+
+
+def dropped_note(n: int) -> str:
+    return f"{n} oldest turn{'s' if n != 1 else ''} dropped to fit the context"

@@ -9,6 +9,7 @@ history, system prompt and parameters in; the reply out, streamed); `/send`, `/r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
 import threading
@@ -18,8 +19,8 @@ from pathlib import Path
 import gradio as gr
 
 from lab.backend import ReplyStats
-from lab.chat import (Conversation, export_conversation, export_json, fit_to_context, format_stats,
-                      parse_history, sampling_from_ui)
+from lab.chat import (Conversation, dropped_note, export_conversation, export_json, fit_to_context,
+                      format_stats, parse_history, sampling_from_ui)
 from lab.errors import LabError
 from lab.models import QUANTS, REGISTRY
 from lab.prompts import system_presets
@@ -152,17 +153,17 @@ def build_chat_tab(manager: ModelManager) -> None:
                                 model.info.context_length, params.max_new_tokens)
         event = cancels.start(key)
         text, stats, last = "", None, 0.0
-        status = "generating…"
-        if fitted.dropped_turns:
-            status += f" ({fitted.dropped_turns} oldest turn{'s' if fitted.dropped_turns != 1 else ''} dropped to fit)"
+        status = f"generating… ({dropped_note(fitted.dropped_turns)})" if fitted.dropped_turns else "generating…"
+        # closing() ends generation at once if the page goes away mid-reply (Gradio closes this generator)
         try:
-            for chunk in model.stream_chat(fitted.messages, params, event):
-                text += chunk.text
-                stats = chunk.stats or stats
-                if time.monotonic() - last > STREAM_INTERVAL_S:
-                    last = time.monotonic()
-                    partial = conv.messages + [{"role": "assistant", "content": text}]
-                    yield display(partial), conv, gr.skip(), status, gr.skip()
+            with contextlib.closing(model.stream_chat(fitted.messages, params, event)) as stream:
+                for chunk in stream:
+                    text += chunk.text
+                    stats = chunk.stats or stats
+                    if time.monotonic() - last > STREAM_INTERVAL_S:
+                        last = time.monotonic()
+                        partial = conv.messages + [{"role": "assistant", "content": text}]
+                        yield display(partial), conv, gr.skip(), status, gr.skip()
         finally:
             cancels.finish(key, event)
         assert isinstance(stats, ReplyStats), "stream_chat ends with a chunk carrying stats"
