@@ -54,3 +54,13 @@ def test_real_qwen_tokenizer_when_data_is_there(data_dir, tmp_path, monkeypatch)
     tok = AutoTokenizer.from_pretrained(path)
     assert len(tok) == 151665
     assert tok("Hello, world!", add_special_tokens=False)["input_ids"] == [9707, 11, 1879, 0]
+
+
+def test_a_local_checkpoint_directory_loads_by_path(no_data):
+    from lab.models import load_model
+
+    path = tiny.ensure_tiny_checkpoint()
+    model = load_model(str(path))
+    assert model.info.source == str(path) and model.info.name == path.name
+    assert model.info.context_length == 4096  # read from the checkpoint's config
+    assert not model.info.notes  # only the registry's tiny-random is labelled as noise by name
