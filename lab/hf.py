@@ -264,17 +264,20 @@ class HFModel:
 
     # ---- scoring ------------------------------------------------------------------------
     def split_context(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Token ids of context and continuation, split the way likelihood harnesses do.
+        """Token ids of context and continuation, split the way likelihood harnesses do."""
+        ctx, (cont,) = self._split_choices(context, [continuation])
+        return ctx, cont
 
-        Trailing spaces of the context move to the continuation (" A" is one token, "A" another),
-        and the continuation's ids are those of the whole string past the context's length.
+    def _split_choices(self, context: str, choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """The context's ids (encoded once) and each choice's continuation ids.
+
+        Trailing spaces of the context move to the continuations (" A" is one token, "A" another),
+        and a continuation's ids are those of the whole string past the context's length.
         """
         n_spaces = len(context) - len(context.rstrip(" "))
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = self.encode(context + continuation)
+        context, lead = (context[:-n_spaces], context[-n_spaces:]) if n_spaces else (context, "")
         ctx = self.encode(context)
-        return ctx, whole[len(ctx):]
+        return ctx, [self.encode(context + lead + c)[len(ctx):] for c in choices]
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 8) -> list[list[float]]:
         """log P(choice | prompt) for each prompt and choice, summed over the choice's tokens.
@@ -282,12 +285,10 @@ class HFModel:
         When every choice is a single token (MMLU's letters), each prompt takes one forward pass
         and all choices are read from the same next-token distribution.
         """
-        pairs = [[self.split_context(p, c) for c in choices] for p in prompts]
-        single = all(len(cont) == 1 and ctx == row[0][0] for row in pairs for ctx, cont in row)
-        if single:
-            rows = [(row[0][0], [cont[0] for _, cont in row]) for row in pairs]
-            return self._score_next_token(rows, batch_size)
-        flat = [(ctx, cont) for row in pairs for ctx, cont in row]
+        split = [self._split_choices(p, choices) for p in prompts]
+        if all(len(cont) == 1 for _, conts in split for cont in conts):
+            return self._score_next_token([(ctx, [c[0] for c in conts]) for ctx, conts in split], batch_size)
+        flat = [(ctx, cont) for ctx, conts in split for cont in conts]
         scores = self._score_sequences(flat, batch_size)
         k = len(choices)
         return [scores[i * k:(i + 1) * k] for i in range(len(prompts))]
