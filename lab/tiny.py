@@ -84,7 +84,7 @@ def load_tokenizer_for_tiny():
     from transformers import AutoTokenizer
 
     src = qwen_tokenizer_dir()
-    return (AutoTokenizer.from_pretrained(src), "qwen2.5") if src else (build_tokenizer(), "built")
+    return AutoTokenizer.from_pretrained(src) if src else build_tokenizer()
 
 
 def tiny_config(tokenizer):
@@ -154,7 +154,7 @@ def ensure_tiny_checkpoint() -> Path:
     with _locked(root / ".tiny-random.lock"):
         if (final / "config.json").is_file():
             return final
-        tokenizer, _ = load_tokenizer_for_tiny()
+        tokenizer = load_tokenizer_for_tiny()
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
         try:
             write_random_checkpoint(tiny_config(tokenizer), tokenizer, tmp, seed=0)

@@ -25,9 +25,8 @@ from lab import runtime
 from lab.backend import SamplingParams
 from lab.errors import LabError
 from lab.models import load_model
+from lab.runtime import GIB
 from lab.tiny import ensure_tiny_checkpoint, qwen_tokenizer_dir, write_random_checkpoint
-
-GIB = 2**30
 
 
 def shape_checkpoint(shape: str, work_dir: Path) -> Path:

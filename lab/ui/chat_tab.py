@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lab.backend import ReplyStats
+from lab.backend import ReplyStats, SamplingParams
 from lab.chat import (Conversation, dropped_note, export_conversation, export_json, fit_to_context,
                       format_stats, parse_history, sampling_from_ui)
 from lab.errors import LabError
@@ -29,6 +29,7 @@ from lab.session import LoadRequest, ModelManager
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
+DEFAULTS = SamplingParams()  # Qwen2.5-Instruct's own sampling defaults
 STATS_HEADERS = ["#", "prompt tok", "completion tok", "first token ms", "tok/s", "GPU peak GiB", "seed", "finish"]
 
 
@@ -127,10 +128,10 @@ def build_chat_tab(manager: ModelManager) -> None:
                 system = gr.Textbox(presets[DEFAULT_PRESET], label="System prompt (editable)", lines=4,
                                     max_lines=16, elem_id="system-prompt")
             with gr.Accordion("Sampling", open=True):
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1, value=0.8, step=0.05, label="Top-p")
-                top_k = gr.Slider(0, 200, value=20, step=1, label="Top-k (0 = off)")
-                rep = gr.Slider(0.8, 2, value=1.05, step=0.01, label="Repetition penalty")
+                temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p")
+                top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
+                rep = gr.Slider(0.8, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
                 max_new = gr.Slider(16, 8192, value=1024, step=16, label="Max new tokens", elem_id="max-new-tokens")
                 seed = gr.Number(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
                                  elem_id="seed")
@@ -275,8 +276,9 @@ def build_chat_tab(manager: ModelManager) -> None:
     load_btn.click(load, [model_name, quant, context], model_info, api_name="load_model", concurrency_id="model")
 
     def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
-             temperature: float = 0.7, top_p: float = 0.8, top_k: int = 20, repetition_penalty: float = 1.05,
-             max_new_tokens: int = 512, seed: int = -1, request: gr.Request = None) -> str:
+             temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p, top_k: int = DEFAULTS.top_k,
+             repetition_penalty: float = DEFAULTS.repetition_penalty, max_new_tokens: int = DEFAULTS.max_new_tokens,
+             seed: int = -1, request: gr.Request = None) -> str:
         """Reply to `message` after `history` ([{"role", "content"}, ...]); streams the reply so far.
 
         A system message first in `history` replaces `system_prompt`. A seed >= 0 makes the reply
