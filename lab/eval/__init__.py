@@ -1,0 +1,1 @@
+"""Evaluation engine: benchmarks, sandbox, run store and runner."""
