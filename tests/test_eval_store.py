@@ -1,0 +1,68 @@
+"""The run store: a real SQLite file, batch transactions, readers while a writer works."""
+
+import sqlite3
+
+import pytest
+
+from lab.errors import LabError
+from lab.eval.store import RunStore, Sample
+
+
+def sample(i: int, correct: bool = True) -> Sample:
+    return Sample(f"anatomy/{i}", i, "anatomy", f"prompt {i}", "A:-1.0", "A", "A" if correct else "B", correct,
+                  {"logprobs": {"A": -1.0}}, 0.01)
+
+
+def test_a_run_and_its_samples_round_trip(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="tiny-random", quant="fp32",
+                              params={"request": {"limit": 3}}, n_total=3, shots=5, seed=7, data_source="local:x",
+                              versions={"torch": "2"})
+    store.add_samples(run_id, [sample(0), sample(1, correct=False)])
+    assert store.done_keys(run_id) == {"anatomy/0", "anatomy/1"}
+    got = store.samples(run_id)
+    assert [s.key for s in got] == ["anatomy/0", "anatomy/1"]
+    assert got[1].correct is False and got[0].detail == {"logprobs": {"A": -1.0}}
+    store.finish(run_id, "finished", {"overall": {"accuracy": 0.5}})
+    run = store.get(run_id)
+    assert (run.status, run.shots, run.seed, run.summary) == ("finished", 5, 7, {"overall": {"accuracy": 0.5}})
+    assert run.ended_at >= run.started_at and run.params == {"request": {"limit": 3}}
+    assert (tmp_path / "lab.db").is_file()
+    # It is a plain SQLite file anyone can query.
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        assert c.execute("SELECT count(*) FROM samples WHERE run_id=?", (run_id,)).fetchone() == (2,)
+
+
+def test_writing_a_sample_twice_does_not_duplicate_it(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=1)
+    store.add_samples(run_id, [sample(0)])
+    store.add_samples(run_id, [sample(0)])
+    assert len(store.samples(run_id)) == 1
+
+
+def test_a_batch_is_written_whole_or_not_at_all(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=3)
+    bad = sample(2)
+    bad.prompt = None  # violates NOT NULL inside the transaction, after two rows went in
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_samples(run_id, [sample(0), sample(1), bad])
+    assert store.done_keys(run_id) == set()
+
+
+def test_runs_list_newest_first_and_unknown_run_is_one_sentence(tmp_path):
+    store = RunStore.open(tmp_path)
+    a = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=1)
+    b = store.create_run(benchmark="ceval", mode="gen", model="m", params={}, n_total=1)
+    assert {r.id for r in store.runs()} == {a, b}
+    assert [r.id for r in store.runs("ceval")] == [b]
+    with pytest.raises(LabError, match="No run 'nope'"):
+        store.get("nope")
+
+
+def test_an_unwritable_runs_dir_is_one_sentence(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LabError, match="cannot be opened"):
+        RunStore.open(blocker / "runs")
