@@ -83,6 +83,8 @@ def summary_text(run: Run, summary: dict, subjects: bool = False) -> str:
     if run.shots is not None:
         head += f"  shots={run.shots}"
     head += f"  model={run.model} ({run.quant})  status={run.status}"
+    if run.ended_at:
+        head += f"  {run.ended_at - run.started_at:.1f} s"
     if "pass@1" in summary["overall"]:
         o = summary["overall"]
         rows = [[k, f"{o[k]:.3f}"] for k in ("pass@1", "pass@10", "pass@100") if k in o]
