@@ -35,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
                         "(Qwen2.5-7B: up to 131072)")
     p.add_argument("--data-dir", help="benchmark data and tokenizer folder (sets LAB_DATA_DIR)")
+    p.add_argument("--runs-dir", help="folder of the evaluation history, lab.db (sets LAB_RUNS_DIR; default runs/)")
     p.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
                    help="address to bind; the default serves this machine only")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -56,6 +57,8 @@ def create(args: argparse.Namespace):
     """Load the model and build the page; a user error ends the process with one sentence."""
     if args.data_dir:
         os.environ["LAB_DATA_DIR"] = args.data_dir
+    if args.runs_dir:
+        os.environ["LAB_RUNS_DIR"] = args.runs_dir
     from lab.session import LoadRequest, ModelManager
 
     manager = ModelManager()

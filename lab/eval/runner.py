@@ -116,7 +116,7 @@ class Runner:
         if mode not in spec.modes:
             raise LabError(f"{spec.title} has no mode '{mode}'; choose {' or '.join(spec.modes)}.")
         if req.limit is not None and req.limit < 1:
-            raise LabError(f"--limit must be at least 1, got {req.limit}.")
+            raise LabError(f"The limit must be at least 1, got {req.limit}.")
         ds = Dataset(spec, req.data_dir)
         if spec.kind == "choice":
             return self._plan_choice(spec, ds, req, mode)
@@ -125,7 +125,7 @@ class Runner:
     def _plan_choice(self, spec: Spec, ds: Dataset, req: EvalRequest, mode: str) -> Plan:
         shots = spec.default_shots if req.shots is None and mode == "logprob" else (req.shots or 0)
         if not 0 <= shots <= 5:
-            raise LabError(f"--shots must be between 0 and 5 (the dev split has 5 questions a subject), got {shots}.")
+            raise LabError(f"Shots must be between 0 and 5 (the dev split has 5 questions a subject), got {shots}.")
         subjects = ds.subjects()
         groups = _groups(spec, ds, subjects)
         chosen = subjects
@@ -163,7 +163,7 @@ class Runner:
             raise LabError("HumanEval takes no shots; leave --shots out.")
         n = req.samples_per_task
         if n < 1:
-            raise LabError(f"--samples-per-task must be at least 1, got {n}.")
+            raise LabError(f"Samples per task must be at least 1, got {n}.")
         if n > 1 and req.temperature <= 0:
             raise LabError("Several samples per task need sampling: add --temperature (0.8 is usual for pass@10).")
         problems = ds.problems()
@@ -231,7 +231,7 @@ class Runner:
         req = plan.request
         bs = req.batch_size or (16 if model.info.device.startswith("cuda") else 8)
         if bs < 1:
-            raise LabError(f"--batch-size must be at least 1, got {bs}.")
+            raise LabError(f"The batch size must be at least 1, got {bs}.")
         done = self.store.done_keys(run_id)
         correct = sum(s.correct for s in self.store.samples(run_id)) if done else 0
         t0 = time.monotonic()

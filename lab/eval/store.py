@@ -126,8 +126,8 @@ class RunStore:
             d.mkdir(parents=True, exist_ok=True)
             return cls(d / "lab.db")
         except (OSError, sqlite3.DatabaseError) as e:
-            raise LabError(
-                f"The run history {d / 'lab.db'} cannot be opened ({e}); choose another --runs-dir.") from None
+            raise LabError(f"The run history {d / 'lab.db'} cannot be opened ({e}); "
+                           "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread: the page reads while an evaluation thread writes.
