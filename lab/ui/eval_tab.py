@@ -1,0 +1,318 @@
+"""The Evaluate tab: run MMLU, C-Eval or HumanEval on the loaded model with live progress and
+Cancel/Resume; the summary, a per-subject chart and every sample; the run history; two runs compared.
+
+The runner works in a background thread and writes each batch to the run store (`runs/lab.db`,
+LAB_RUNS_DIR moves it); the event that started it polls its progress and updates the page a few
+times a second. Evaluation shares the "model" concurrency group with loading a model, so one thing
+at a time runs on the model and the rest wait in line; Cancel and the history do not wait.
+
+Programs reach it by api_name (gradio_client): `/evaluate` (benchmark, subset, mode, shots, limit,
+seed -> run id, summary, progress text; streamed), `/eval_cancel`, `/eval_resume` (run id -> as
+`/evaluate`), `/eval_runs` (the history table), `/eval_run` (run id, only wrong -> its views) and
+`/eval_compare` (run A, run B -> overall, per-subject and flipped tables).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from lab.errors import LabError
+from lab.eval import report
+from lab.eval.runner import DEFAULT_SEED, EvalRequest, Progress, Runner
+from lab.eval.spec import BENCHMARKS, load_spec
+from lab.eval.store import RunStore
+from lab.session import ModelManager
+from lab.ui import eval_views as views
+from lab.ui.chat_tab import SessionCancels
+
+DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
+UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
+POLL_S = 1.0  # without news from the runner, the elapsed time still ticks once a second
+_DONE = object()
+
+
+def request_from_form(benchmark: str, subset: str | None, mode: str | None, shots: float | None,
+                      limit: float | None, seed: float | None) -> EvalRequest:
+    """The form's values as a runner request; the runner itself checks them against the spec."""
+    spec = load_spec(benchmark)
+    if limit is not None and limit < 0:
+        raise LabError(f"The limit must be 0 (everything) or a positive number of items, got {limit:g}.")
+    return EvalRequest(
+        benchmark=benchmark,
+        subset=None if subset in (None, "", views.NO_SUBSET) else subset,
+        mode=mode or None,
+        shots=None if spec.kind == "code" or shots is None else int(shots),
+        limit=int(limit) if limit else None,
+        seed=DEFAULT_SEED if seed is None else int(seed))
+
+
+def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
+    cancels = SessionCancels()
+    stores: list[RunStore] = []
+
+    def store() -> RunStore:
+        if not stores:  # opened on first use, so a bad LAB_RUNS_DIR is a sentence on the page, not a crash
+            stores.append(RunStore.open())
+        return stores[0]
+
+    def model_markdown() -> str:
+        return views.model_markdown(manager.model.info if manager.loaded else None)
+
+    first = load_spec(BENCHMARKS[0])
+    try:
+        past, choices, note = views.history_frame(store()), views.run_choices(store()), "Pick a benchmark, press Start."
+    except LabError as e:
+        past, choices, note = pd.DataFrame(columns=views.HISTORY_HEADERS), [], str(e)
+
+    # ---- layout -------------------------------------------------------------------------
+    with gr.Row():
+        with gr.Column(scale=1, min_width=260):
+            model_md = gr.Markdown(model_markdown(), elem_id="eval-model")
+            benchmark = gr.Dropdown(list(BENCHMARKS), value=first.name, label="Benchmark", elem_id="eval-benchmark")
+            subset = gr.Dropdown(views.subset_choices(first.name), value=views.NO_SUBSET, label="Subset",
+                                 allow_custom_value=True, elem_id="eval-subset")
+            mode = gr.Dropdown(list(first.modes), value=first.default_mode, allow_custom_value=True,
+                               label="Mode", info="logprob scores the letters; gen lets the model answer",
+                               elem_id="eval-mode")
+            shots = gr.Slider(0, 5, value=first.default_shots, step=1, label="Shots (solved examples first)",
+                              elem_id="eval-shots")
+            limit = gr.Number(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
+                              info="a seeded sample spread over the subjects", elem_id="eval-limit")
+            seed = gr.Number(DEFAULT_SEED, precision=0, label="Seed", elem_id="eval-seed")
+            with gr.Row():
+                start_btn = gr.Button("Start", variant="primary", elem_id="eval-start")
+                cancel_btn = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
+        with gr.Column(scale=4):
+            progress = gr.HTML(views.progress_html(note), elem_id="eval-progress")
+            with gr.Row():
+                run_dd = gr.Dropdown(choices, value=None, label="Run shown", scale=4,
+                                     allow_custom_value=True, elem_id="eval-run")
+                resume_btn = gr.Button("Resume", scale=0, min_width=120, elem_id="eval-resume")
+            with gr.Row():
+                headline = gr.Markdown("", elem_id="eval-headline")
+                summary_df = gr.Dataframe(headers=views.CHOICE_SUMMARY_HEADERS, value=[], interactive=False,
+                                          label="Summary", min_width=360, elem_id="eval-summary")
+            chart = gr.BarPlot(views.empty_chart(), x="subject", y="accuracy %", sort="-y", y_lim=[0, 100],
+                               x_label_angle=-60, height=420, tooltip="all", elem_id="eval-chart",
+                               label="Accuracy per subject (HumanEval: pass rate per task)")
+            with gr.Row(equal_height=True):
+                samples_note = gr.Markdown("", elem_id="eval-samples-note")
+                wrong_only = gr.Checkbox(False, label="Only wrong answers", scale=0, min_width=200,
+                                         elem_id="eval-wrong-only")
+            samples_df = gr.Dataframe(headers=views.SAMPLE_HEADERS, value=[], interactive=False, max_height=420,
+                                      show_search="search", label="Samples",
+                                      column_widths=["15%", "14%", "31%", "16%", "8%", "7%", "9%"],
+                                      elem_id="eval-samples")
+            sample_box = gr.Textbox(label="The selected sample in full", lines=6, max_lines=24, interactive=False,
+                                    buttons=["copy"], elem_id="eval-sample")
+            with gr.Accordion("Summary (JSON)", open=False):
+                summary_json = gr.JSON(label="Summary", elem_id="eval-summary-json")
+    with gr.Accordion("Run history", open=True):
+        with gr.Row():
+            gr.Markdown("Select a row to show that run above; an unfinished one can be resumed there.")
+            refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="eval-refresh")
+        runs_df = gr.Dataframe(past, interactive=False, max_height=320,
+                               label="Runs, newest first", elem_id="eval-runs")
+    with gr.Accordion("Compare two runs", open=True):
+        with gr.Row():
+            run_a = gr.Dropdown(choices, value=None, label="Run A", allow_custom_value=True,
+                                elem_id="eval-compare-a")
+            run_b = gr.Dropdown(choices, value=None, label="Run B", allow_custom_value=True,
+                                elem_id="eval-compare-b")
+            compare_btn = gr.Button("Compare", scale=0, min_width=120, elem_id="eval-compare-btn")
+        compare_md = gr.Markdown("", elem_id="eval-compare-overall")
+        with gr.Row():
+            compare_df = gr.Dataframe(headers=views.COMPARE_HEADERS, value=[], interactive=False, max_height=360,
+                                      label="Per subject (overall first)", elem_id="eval-compare-subjects")
+            flips_df = gr.Dataframe(headers=views.FLIP_HEADERS, value=[], interactive=False, max_height=360,
+                                    label="Samples that flipped", elem_id="eval-compare-flips")
+    form = [benchmark, subset, mode, shots, limit, seed]
+    run_outputs = [run_dd, summary_json, progress]
+    view_outputs = [headline, summary_df, chart, samples_note, samples_df, sample_box]
+
+    # ---- running --------------------------------------------------------------------------
+    def watch(job: Callable, bench: str, key: str):
+        """Run `job(on_progress, cancel)` in a thread; yield progress, then the run id and its summary."""
+        event = cancels.start(key)
+        updates: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = job(updates.put, event)
+            except BaseException as e:  # handed to the page below
+                outcome["error"] = e
+            finally:
+                updates.put(_DONE)
+
+        t0, shown, latest = time.monotonic(), 0.0, None
+        thread = threading.Thread(target=work, name="lab-eval", daemon=True)
+        thread.start()
+        try:
+            yield gr.skip(), gr.skip(), views.progress_html(views.running_text(None, bench, 0))
+            while True:
+                try:
+                    item = updates.get(timeout=POLL_S)
+                except queue.Empty:
+                    item = None
+                if item is _DONE:
+                    break
+                latest = item if isinstance(item, Progress) else latest
+                if time.monotonic() - shown >= UPDATE_INTERVAL_S:
+                    shown = time.monotonic()
+                    fraction = latest.done / latest.total if latest and latest.total else None
+                    yield gr.skip(), gr.skip(), views.progress_html(
+                        views.running_text(latest, bench, shown - t0), fraction)
+        finally:
+            if thread.is_alive():  # the page went away: stop after this batch; the run stays resumable
+                event.set()
+            thread.join()
+            cancels.finish(key, event)
+        error = outcome.get("error")
+        if isinstance(error, LabError):
+            yield gr.skip(), gr.skip(), views.progress_html(str(error), tone="error")
+            raise gr.Error(str(error))
+        if error is not None:
+            raise error
+        result = outcome["result"]
+        run = store().get(result.run_id)
+        text, tone = views.result_text(run, result.summary, len(result.samples), time.monotonic() - t0)
+        # The bare id, so a program gets a string; the dropdown's choices follow in the next event.
+        yield run.id, result.summary, views.progress_html(text, len(result.samples) / max(1, run.n_total), tone)
+
+    def refuse(error: LabError):
+        yield gr.skip(), gr.skip(), views.progress_html(str(error), tone="error")
+        raise gr.Error(str(error))
+
+    def evaluate(benchmark: str, subset: str | None, mode: str | None, shots: float | None, limit: float | None,
+                 seed: float | None, request: gr.Request):
+        """Run a benchmark on the loaded model: progress while it runs, then the run id and its summary.
+
+        subset: "none" or empty for the whole benchmark; mode: empty for the benchmark's default
+        (logprob, or instruct for humaneval); shots: 0-5, ignored for humaneval; limit: at most this
+        many items drawn with the seed, 0 or empty for all."""
+        try:
+            req = request_from_form(benchmark, subset, mode, shots, limit, seed)
+            model = manager.model
+            runner = Runner(store())
+            runner.plan(req)  # a bad request ends here, in one sentence, before a run is recorded
+        except LabError as e:
+            yield from refuse(e)
+            return
+        yield from watch(lambda on_progress, cancel: runner.run(model, req, on_progress, cancel),
+                         req.benchmark, request.session_hash)
+
+    def resume(run_id: str | None, request: gr.Request):
+        """Finish an unfinished run (cancelled, or cut off) with the model that started it."""
+        try:
+            if not run_id:
+                raise LabError("Pick a run in the history first, then press Resume.")
+            run = store().get(run_id)
+            model = manager.model
+        except LabError as e:
+            yield from refuse(e)
+            return
+        runner = Runner(store())
+        yield from watch(lambda on_progress, cancel: runner.resume(model, run.id, on_progress, cancel),
+                         run.benchmark, request.session_hash)
+
+    def cancel(request: gr.Request) -> None:
+        cancels.stop(request.session_hash)
+
+    # ---- showing runs ------------------------------------------------------------------------
+    def show_run(run_id: str | None, only_wrong: bool):
+        """A run's headline, summary table, chart data, sample note, sample table and (cleared) detail."""
+        if not run_id:
+            return "", [], views.empty_chart(), "", [], ""
+        try:
+            run = store().get(run_id)
+            summary = views.summary_of(store(), run)
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+        samples = store().samples(run.id)
+        return (views.headline(run, len(samples), summary), views.summary_frame(summary),
+                views.chart_frame(run, summary, samples),
+                views.samples_note(samples, only_wrong), views.sample_frame(samples, only_wrong), "")
+
+    def filter_samples(run_id: str | None, only_wrong: bool):
+        if not run_id:
+            return "", []
+        samples = store().samples(run_id)
+        return views.samples_note(samples, only_wrong), views.sample_frame(samples, only_wrong)
+
+    def sample_detail(run_id: str | None, evt: gr.SelectData) -> str:
+        key = (evt.row_value or [None])[0]
+        if not run_id or not key:
+            return ""
+        match = next((s for s in store().samples(run_id) if s.key == key), None)
+        return views.sample_text(match) if match else ""
+
+    def pick_run(evt: gr.SelectData):
+        return gr.Dropdown(value=(evt.row_value or [None])[0])
+
+    def history() -> pd.DataFrame:
+        """Every run, newest first: id, benchmark, mode, shots, model, quant, status, done, score, start."""
+        try:
+            return views.history_frame(store())
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+
+    def run_lists():
+        try:
+            choices = views.run_choices(store())
+        except LabError:  # history() has said why already
+            return gr.skip(), gr.skip(), gr.skip()
+        return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+
+    def compare(a: str | None, b: str | None):
+        """B minus A on the samples both runs hold: overall, per subject, and the samples that flipped."""
+        try:
+            if not a or not b:
+                raise LabError("Pick two runs to compare, A and B.")
+            run_a, run_b = store().get(a), store().get(b)
+            if run_a.benchmark != run_b.benchmark:
+                raise LabError(f"Run {a} is {run_a.benchmark} and run {b} is {run_b.benchmark}; "
+                               "compare runs of one benchmark.")
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+        cmp = report.compare(run_a, store().samples(a), run_b, store().samples(b))
+        return views.compare_views(cmp, run_a, run_b)
+
+    def on_benchmark(name: str):
+        spec = load_spec(name)
+        choice = spec.kind == "choice"
+        return (gr.Dropdown(choices=views.subset_choices(name), value=views.NO_SUBSET),
+                gr.Dropdown(choices=list(spec.modes), value=spec.default_mode,
+                            info="logprob scores the letters; gen lets the model answer" if choice else
+                            "instruct: a chat request; completion: the model continues the code"),
+                gr.Slider(value=spec.default_shots if choice else 0, interactive=choice,
+                          label="Shots (solved examples first)" if choice else "Shots (HumanEval takes none)"))
+
+    # ---- events -----------------------------------------------------------------------------
+    # Start and Resume end alike: show the run, then refresh the history and the lists of runs.
+    for ran in (start_btn.click(evaluate, form, run_outputs, api_name="evaluate", concurrency_id="model"),
+                resume_btn.click(resume, run_dd, run_outputs, api_name="eval_resume", concurrency_id="model")):
+        ran.success(show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
+        ran.then(history, None, runs_df, api_visibility="private").then(
+            run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+    cancel_btn.click(cancel, None, None, queue=False, api_name="eval_cancel")
+
+    run_dd.input(show_run, [run_dd, wrong_only], view_outputs, api_name="eval_run")
+    runs_df.select(pick_run, None, run_dd, api_visibility="private").then(
+        show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
+    wrong_only.change(filter_samples, [run_dd, wrong_only], [samples_note, samples_df], api_visibility="private")
+    samples_df.select(sample_detail, run_dd, sample_box, api_visibility="private")
+    refresh_btn.click(history, None, runs_df, api_name="eval_runs").then(
+        run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+    compare_btn.click(compare, [run_a, run_b], [compare_md, compare_df, flips_df], api_name="eval_compare")
+    benchmark.change(on_benchmark, benchmark, [subset, mode, shots], api_visibility="private")
+    if tab is not None:  # opening the tab shows the model now loaded and the runs made meanwhile
+        tab.select(lambda: (model_markdown(), history()), None, [model_md, runs_df], api_visibility="private").then(
+            run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+    start_btn.click(model_markdown, None, model_md, queue=False, api_visibility="private")
