@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import pytest
 
-from tests.conftest import ARTIFACTS, _require
-from tests.test_browser import CHROMIUM_ARGS, set_number
+from tests.conftest import ARTIFACTS
+from tests.test_browser import set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,19 +18,6 @@ RECORD_PROGRESS = """() => {
   new MutationObserver(() => window.progressSeen.push(el.innerText))
     .observe(el, {subtree: true, childList: true, characterData: true});
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path = os.environ.get("LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        _require("LAB_REQUIRE_BROWSER", "Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

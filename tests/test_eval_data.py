@@ -93,3 +93,20 @@ def test_humaneval_local_file(data_dir, tmp_path):
         f.write("{not json\n")
     with pytest.raises(LabError, match=r"HumanEval\.jsonl\.gz"):
         Dataset(load_spec("humaneval"), tmp_path).problems()
+
+
+def test_hub_rows_of_both_shapes_become_questions(monkeypatch):
+    """cais/mmlu gives a list of choices and an index; ceval/ceval-exam gives A-D columns and a letter."""
+    from lab.eval import data
+
+    rows = {
+        ("cais/mmlu", "anatomy", "test"): [{"question": "Q1", "subject": "anatomy", "choices": ["a", "b", "c", "d"],
+                                            "answer": 2}],
+        ("ceval/ceval-exam", "law", "val"): [{"id": 0, "question": "问题", "A": "甲", "B": "乙", "C": "丙", "D": "丁",
+                                               "answer": "D", "explanation": ""}],
+    }
+    monkeypatch.setattr(data, "_load_hub", lambda path, config, split: rows[(path, config, split)])
+    (q,) = data._hub_questions("cais/mmlu", "anatomy", "test", 4)
+    assert (q.key, q.options, q.answer) == ("anatomy/0", ["a", "b", "c", "d"], "C")
+    (q,) = data._hub_questions("ceval/ceval-exam", "law", "val", 4)
+    assert (q.question, q.options, q.answer) == ("问题", ["甲", "乙", "丙", "丁"], "D")

@@ -113,3 +113,13 @@ def _set() -> threading.Event:
     e = threading.Event()
     e.set()
     return e
+
+
+def test_several_samples_per_task_give_pass_at_k_for_each_k_up_to_n(runner, tiny):
+    res = runner.run(tiny, EvalRequest("humaneval", subjects=["0", "1"], samples_per_task=2, temperature=0.8,
+                                       max_new_tokens=8, workers=2))
+    assert [s.key for s in res.samples] == ["HumanEval/0#0", "HumanEval/0#1", "HumanEval/1#0", "HumanEval/1#1"]
+    overall = res.summary["overall"]
+    assert (overall["tasks"], overall["samples"]) == (2, 4)
+    assert "pass@1" in overall and "pass@10" not in overall  # k <= n only
+    assert all(s.detail["status"] in ("passed", "failed", "timeout") for s in res.samples)
