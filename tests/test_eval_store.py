@@ -23,6 +23,7 @@ def test_a_run_and_its_samples_round_trip(tmp_path):
     got = store.samples(run_id)
     assert [s.key for s in got] == ["anatomy/0", "anatomy/1"]
     assert got[1].correct is False and got[0].detail == {"logprobs": {"A": -1.0}}
+    assert store.sample(run_id, "anatomy/1") == got[1] and store.sample(run_id, "anatomy/9") is None
     store.finish(run_id, "finished", {"overall": {"accuracy": 0.5}})
     run = store.get(run_id)
     assert (run.status, run.shots, run.seed, run.summary) == ("finished", 5, 7, {"overall": {"accuracy": 0.5}})

@@ -190,9 +190,11 @@ class RunStore:
 
     def samples(self, run_id: str) -> list[Sample]:
         rows = self._conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (run_id,))
-        return [Sample(key=r["key"], position=r["position"], subject=r["subject"], prompt=r["prompt"],
-                       output=r["output"], extracted=r["extracted"], gold=r["gold"], correct=bool(r["correct"]),
-                       detail=json.loads(r["detail"] or "{}"), duration_s=r["duration_s"]) for r in rows]
+        return [_sample(r) for r in rows]
+
+    def sample(self, run_id: str, key: str) -> Sample | None:
+        row = self._conn().execute("SELECT * FROM samples WHERE run_id=? AND key=?", (run_id, key)).fetchone()
+        return None if row is None else _sample(row)
 
     def done_keys(self, run_id: str) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
@@ -202,6 +204,12 @@ class RunStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _sample(r: sqlite3.Row) -> Sample:
+    return Sample(key=r["key"], position=r["position"], subject=r["subject"], prompt=r["prompt"], output=r["output"],
+                  extracted=r["extracted"], gold=r["gold"], correct=bool(r["correct"]),
+                  detail=json.loads(r["detail"] or "{}"), duration_s=r["duration_s"])
 
 
 def _run(row: sqlite3.Row) -> Run:

@@ -250,7 +250,7 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         key = (evt.row_value or [None])[0]
         if not run_id or not key:
             return ""
-        match = next((s for s in store().samples(run_id) if s.key == key), None)
+        match = store().sample(run_id, key)
         return views.sample_text(match) if match else ""
 
     def pick_run(evt: gr.SelectData):
