@@ -61,21 +61,25 @@ class CancelOnEvent(StoppingCriteria):
 
 
 class TopKTopP(LogitsProcessor):
-    """Top-k, then top-p (nucleus) among the k survivors.
+    """Temperature, then top-k, then top-p (nucleus) among the k survivors: Transformers' order.
 
     Transformers' separate warpers keep the same tokens, but its top-p sorts the whole vocabulary
     (151,665 logits for Qwen2.5) every step although top-k has already ruled out all but k of them;
     on a CPU that sort costs more than a small model's forward pass. Token i of the k (by falling
     logit) survives when the probability mass before it is still below top_p, which is the
     warper's rule ("drop while the ascending cumulative mass is <= 1 - top_p") read from the top.
+    The temperature is applied here, first, because top-p must see the tempered distribution; the
+    caller switches Transformers' own temperature warper off (it would run after this one).
     """
 
-    def __init__(self, top_k: int, top_p: float) -> None:
-        assert top_k > 0 and 0 < top_p <= 1, (top_k, top_p)
-        self.top_k, self.top_p = top_k, top_p
+    def __init__(self, top_k: int, top_p: float, temperature: float = 1.0) -> None:
+        assert top_k > 0 and 0 < top_p <= 1 and temperature > 0, (top_k, top_p, temperature)
+        self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         values, index = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # sorted, largest first
+        if self.temperature != 1.0:
+            values = values / self.temperature
         if self.top_p < 1.0:
             probs = values.softmax(dim=-1)
             before = probs.cumsum(dim=-1) - probs

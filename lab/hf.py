@@ -130,8 +130,9 @@ class HFModel:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         elif params.top_k:
             # One warper sorts only the top-k survivors; 0 and 1.0 switch off Transformers' own two.
-            kw.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=1.0,
-                      logits_processor=LogitsProcessorList([TopKTopP(params.top_k, params.top_p)]))
+            # Transformers runs a custom processor before its own warpers, so temperature goes in here too.
+            kw.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                      logits_processor=LogitsProcessorList([TopKTopP(params.top_k, params.top_p, params.temperature)]))
         else:
             kw.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=params.top_p)
         if params.ignore_eos:

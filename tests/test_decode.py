@@ -58,14 +58,16 @@ def test_cut_at_stop_takes_the_earliest():
     assert cut_at_stop("abc", ("x",)) == ("abc", False)
 
 
-@pytest.mark.parametrize("top_k, top_p", [(20, 0.8), (1, 0.5), (50, 1.0), (5, 0.999), (200, 0.3)])
-def test_top_k_top_p_keeps_exactly_what_the_two_transformers_warpers_keep(top_k, top_p):
+@pytest.mark.parametrize("top_k, top_p, temperature", [(20, 0.8, 0.7), (1, 0.5, 1.0), (50, 1.0, 1.3), (5, 0.999, 0.2),
+                                                       (200, 0.3, 1.0), (20, 0.8, 1.0)])
+def test_top_k_top_p_keeps_exactly_what_transformers_warpers_keep(top_k, top_p, temperature):
     import torch
-    from transformers import TopKLogitsWarper, TopPLogitsWarper
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     torch.manual_seed(top_k)
     scores = torch.randn(64, 151_665) * torch.rand(64, 1) * 8  # flat to peaked distributions
-    ours = TopKTopP(top_k, top_p)(None, scores.clone())
-    theirs = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, scores.clone()))
+    ours = TopKTopP(top_k, top_p, temperature)(None, scores.clone())
+    theirs = TemperatureLogitsWarper(temperature)(None, scores.clone())  # Transformers' order: T, top-k, top-p
+    theirs = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, theirs))
     assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
     assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-6)
