@@ -20,19 +20,71 @@ from pathlib import Path
 
 import torch
 
-TINY_FORMAT = 2  # bump when the config or tokenizer recipe below changes
+TINY_FORMAT = 3  # bump when the config or tokenizer recipe below changes
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 # ChatML, the prompt format Qwen2.5 uses; a system turn is added when the caller gives none.
-CHATML_TEMPLATE = (
-    "{%- if not messages or messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# Tool calling has the same shape as Qwen2.5's template (the wording is ours): with `tools`, the
+# system turn lists them as JSON lines between <tools></tools> and asks for <tool_call> blocks; an
+# assistant message's `tool_calls` come back as those blocks; a run of tool messages is one user turn
+# of <tool_response> blocks. Every tag opens with `-`, so the indentation below never reaches the
+# prompt, and a chat without tools renders byte for byte as plain ChatML.
+CHATML_TEMPLATE = r"""
+{%- set default_system = 'You are a helpful assistant.' %}
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages and messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- default_system }}
+    {%- endif %}
+    {{- '\n\n# Functions\n\nThese functions are available, one JSON signature per line' }}
+    {{- ' inside <tools></tools>:\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\n' + (tool | tojson) }}
+    {%- endfor %}
+    {{- '\n</tools>\n\nTo call functions, answer with one block per call,' }}
+    {{- ' a JSON object holding the name and the arguments:\n' }}
+    {{- '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
+{%- elif not messages or messages[0]['role'] != 'system' %}
+    {{- '<|im_start|>system\n' + default_system + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if loop.first and message['role'] == 'system' and tools %}
+        {#- already written into the tools system turn above #}
+    {%- elif message['role'] == 'tool' %}
+        {%- if loop.first or loop.previtem['role'] != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}
+        {%- if loop.last or loop.nextitem['role'] != 'tool' %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- elif message['role'] == 'assistant' and message['tool_calls'] %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message['content'] %}
+            {{- '\n' + message['content'] }}
+        {%- endif %}
+        {%- for call in message['tool_calls'] %}
+            {%- set fn = call['function'] if call['function'] is defined else call %}
+            {{- '\n<tool_call>\n{"name": ' + (fn['name'] | tojson) + ', "arguments": ' }}
+            {#- OpenAI's wire format carries the arguments as a JSON string: write it as it is #}
+            {%- if fn['arguments'] is string %}
+                {{- fn['arguments'] }}
+            {%- else %}
+                {{- fn['arguments'] | tojson }}
+            {%- endif %}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
 
 
 def cache_root() -> Path:
