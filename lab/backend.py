@@ -3,7 +3,7 @@
 A Transformers model (`lab.hf.HFModel`), a remote OpenAI-compatible server and the offline
 `tiny-random` model all offer the same three calls:
 
-- `stream_chat(messages, params, cancel)` -> `Chunk`s of text, the last one carrying `ReplyStats`;
+- `stream_chat(messages, params, cancel, tools)` -> `Chunk`s of text, the last one carrying `ReplyStats`;
 - `generate(prompts, params)` -> one `Completion` per prompt, produced as a batch;
 - `score_choices(prompts, choices)` -> log P(choice | prompt) for every prompt and choice.
 
@@ -31,6 +31,9 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh seed is drawn and reported in ReplyStats.seed
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks only: always produce max_new_tokens
+    # OpenAI-style: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": {...}}};
+    # enforced while decoding (lab.structured), so the reply parses and validates.
+    response_format: dict | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -66,6 +69,8 @@ class ReplyStats:
     seed: int | None = None
     gpu_mem_in_use_gib: float | None = None  # allocated by torch when the reply ended (CUDA only)
     gpu_mem_peak_gib: float | None = None  # peak allocated during the reply (CUDA only)
+    closed_early: bool = False  # JSON mode: max new tokens ran low, so the document was steered to its end
+    constraint_s: float | None = None  # JSON mode: time spent computing and applying the grammar's masks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,8 +122,9 @@ class ModelInfo:
 class ChatModel(Protocol):
     info: ModelInfo
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The exact prompt text the model sees for these messages (its chat template)."""
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
+        """The exact prompt text the model sees for these messages (its chat template, with the tools)."""
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -127,6 +133,7 @@ class ChatModel(Protocol):
         messages: Sequence[Message],
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        tools: Sequence[dict] | None = None,
     ) -> Iterator[Chunk]: ...
 
     def generate(

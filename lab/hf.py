@@ -102,12 +102,15 @@ class HFModel:
         self.eos_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._lock = threading.Lock()  # one generate/forward at a time on this model
+        self._grammars = None  # lab.structured.Grammars, built on the first JSON-mode request
 
     # ---- prompts and tokens -------------------------------------------------------------
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
         if not getattr(self.tok, "chat_template", None):
             raise LabError(f"{self.info.name} has no chat template, so it cannot chat; use an Instruct model.")
-        return self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tok.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=False,
+                                            add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
         # The chat template already wrote every special token; adding BOS/EOS here would double them.
@@ -116,25 +119,40 @@ class HFModel:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
-    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
-        return self.count_tokens(self.render(messages))
+    def count_chat_tokens(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> int:
+        return self.count_tokens(self.render(messages, tools=tools))
 
-    def _generation_kwargs(self, params: SamplingParams) -> dict:
+    def _constraint(self, params: SamplingParams, rows: int):
+        """The decoding constraint for JSON mode (None when off); grammars compile once per model."""
+        if not params.response_format:
+            return None
+        if self._grammars is None:
+            from lab.structured import Grammars
+
+            self._grammars = Grammars(self.tok, self.model.config.vocab_size, self.eos_ids)
+        return self._grammars.constraint(params.response_format, rows, params.max_new_tokens)
+
+    def _generation_kwargs(self, params: SamplingParams, constraint=None) -> dict:
         kw = dict(
             max_new_tokens=params.max_new_tokens,
             repetition_penalty=params.repetition_penalty,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
         )
+        # Custom processors run after the repetition penalty and before Transformers' own warpers;
+        # the grammar goes first, so top-k and top-p choose among allowed tokens only.
+        processors = [constraint] if constraint is not None else []
         if params.greedy:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         elif params.top_k:
             # One warper sorts only the top-k survivors; 0 and 1.0 switch off Transformers' own two.
-            # Transformers runs a custom processor before its own warpers, so temperature goes in here too.
-            kw.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                      logits_processor=LogitsProcessorList([TopKTopP(params.top_k, params.top_p, params.temperature)]))
+            # The temperature goes into it too: Transformers' own temperature warper would run after it.
+            processors.append(TopKTopP(params.top_k, params.top_p, params.temperature))
+            kw.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
         else:
             kw.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=params.top_p)
+        if processors:
+            kw["logits_processor"] = LogitsProcessorList(processors)
         if params.ignore_eos:
             kw["min_new_tokens"] = params.max_new_tokens  # masks end-of-turn tokens until the end
         return kw
@@ -145,10 +163,10 @@ class HFModel:
 
     # ---- streaming chat -----------------------------------------------------------------
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams,
-                    cancel: threading.Event | None = None) -> Iterator[Chunk]:
+                    cancel: threading.Event | None = None, tools: Sequence[dict] | None = None) -> Iterator[Chunk]:
         t0 = time.perf_counter()
         cancel = cancel or threading.Event()
-        ids = self.encode(self.render(messages))
+        ids = self.encode(self.render(messages, tools=tools))
         if len(ids) + params.max_new_tokens > self.info.context_length:
             raise LabError(
                 f"The prompt ({len(ids):,} tokens) plus max new tokens ({params.max_new_tokens:,}) exceeds "
@@ -158,6 +176,7 @@ class HFModel:
         streamer = TokenQueue()
         failure: list[BaseException] = []
         input_ids = torch.tensor([ids], device=self.device)
+        constraint = self._constraint(params, rows=1)  # an unenforceable schema fails here, before any decoding
 
         def work() -> None:
             try:
@@ -168,7 +187,7 @@ class HFModel:
                     self.model.generate(
                         input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([CancelOnEvent(cancel)]),
-                        **self._generation_kwargs(params),
+                        **self._generation_kwargs(params, constraint),
                     )
             except BaseException as e:  # handed to the consumer, which raises it in its own thread
                 failure.append(e)
@@ -193,7 +212,10 @@ class HFModel:
             if failure:
                 raise _user_error(failure[0], self.info.name) from failure[0]
             finished = True
-            yield Chunk("", self._stats(streamer, len(ids), params, seed, t0, cancel, stops.hit))
+            stats = self._stats(streamer, len(ids), params, seed, t0, cancel, stops.hit)
+            if constraint is not None:
+                stats.closed_early, stats.constraint_s = constraint.closed_early[0], constraint.seconds
+            yield Chunk("", stats)
         finally:
             if not finished:  # the consumer went away (page closed, Stop) or something failed
                 cancel.set()
@@ -238,7 +260,7 @@ class HFModel:
         # Left padding: every row's next token is then at the same (last) position.
         enc = self.tok(texts, return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False).to(self.device)
-        kw = self._generation_kwargs(params)
+        kw = self._generation_kwargs(params, self._constraint(params, rows=len(texts)))
         if params.stop:
             kw.update(stop_strings=list(params.stop), tokenizer=self.tok)
         with self._lock, torch.inference_mode():
