@@ -17,11 +17,14 @@ from lab.backend import Message, ModelInfo, ReplyStats, SamplingParams
 from lab.errors import LabError
 
 
+KEPT = ("role", "content", "tool_calls", "name", "tool_call_id")  # what the chat template reads of a message
+
+
 def with_system(system_prompt: str, history: Sequence[Message]) -> list[Message]:
     """Messages for the chat template. An empty system prompt adds no system turn (Qwen's
     template then inserts its own default one)."""
     head = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    return head + [{"role": m["role"], "content": m["content"]} for m in history]
+    return head + [{k: m[k] for k in KEPT if k in m} for m in history]
 
 
 ROLES = ("user", "assistant", "tool")
@@ -43,13 +46,38 @@ def parse_history(history: object) -> tuple[str | None, list[Message]]:
         if role == "system" and i == 0 and isinstance(content, str):
             system = content
             continue
+        calls = m.get("tool_calls") if isinstance(m, dict) and role == "assistant" else None
+        if calls is not None and content is None:
+            content = ""  # OpenAI sends null content beside tool calls
         if role not in ROLES or not isinstance(content, str):
             raise LabError(
                 f"Message {i + 1} of the history needs a role ({', '.join(ROLES)}, or system first) "
                 "and text content."
             )
-        out.append({"role": role, "content": content})
+        message = {"role": role, "content": content}
+        if calls:
+            message["tool_calls"] = _template_calls(calls, i)
+        out.append(message)
     return system, out
+
+
+def _template_calls(calls: object, i: int) -> list[dict]:
+    """Tool calls as the chat template reads them: arguments as an object (OpenAI sends a JSON string)."""
+    if not isinstance(calls, list):
+        raise LabError(f"Message {i + 1} of the history has tool_calls that are not a list.")
+    out = []
+    for c in calls:
+        fn = c.get("function", c) if isinstance(c, dict) else None
+        args = fn.get("arguments", {}) if isinstance(fn, dict) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except json.JSONDecodeError:
+                args = None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(args, dict):
+            raise LabError(f"Message {i + 1} of the history has a tool call without a name and object arguments.")
+        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
 
 
 def split_turns(history: Sequence[Message]) -> list[list[Message]]:
@@ -115,18 +143,31 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     stats: dict[int, dict] = field(default_factory=dict)  # index of assistant message -> stats + params
 
-    def add_reply(self, text: str, stats: ReplyStats, params: SamplingParams, dropped_turns: int) -> None:
-        self.messages.append({"role": "assistant", "content": text})
+    def add_reply(self, text: str, stats: ReplyStats, params: SamplingParams, dropped_turns: int,
+                  message: Message | None = None, **extra) -> None:
+        """Append the reply (`message` when it carries tool calls) with its stats; `extra` goes with the
+        stats (the JSON check, tool-call problems)."""
+        self.messages.append(message or {"role": "assistant", "content": text})
         self.stats[len(self.messages) - 1] = {**stats.to_dict(), "dropped_turns": dropped_turns,
-                                              "params": params.to_dict()}
+                                              "params": params.to_dict(), **extra}
 
     def truncate(self, n: int) -> None:
         """Keep the first n messages (and their stats)."""
         del self.messages[n:]
         self.stats = {i: s for i, s in self.stats.items() if i < n}
 
-    def last_user_index(self) -> int | None:
-        return next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i]["role"] == "user"), None)
+    def last_user_index(self, or_tool: bool = False) -> int | None:
+        """The last user message (`or_tool`: or tool result, which the model answers just the same)."""
+        roles = ("user", "tool") if or_tool else ("user",)
+        return next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i]["role"] in roles), None)
+
+    def pending_calls(self) -> list[dict]:
+        """The last reply's tool calls that have no result yet, in order."""
+        i = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i]["role"] == "assistant"), None)
+        if i is None:
+            return []
+        answered = sum(1 for m in self.messages[i + 1:] if m["role"] == "tool")
+        return list(self.messages[i].get("tool_calls") or [])[answered:]
 
 
 def export_conversation(conv: Conversation, system_prompt: str, params: SamplingParams, info: ModelInfo | None) -> dict:
@@ -162,6 +203,10 @@ def format_stats(stats: dict | ReplyStats) -> str:
         parts.append(f"GPU {s['gpu_mem_in_use_gib']:.2f} GiB in use (peak {s['gpu_mem_peak_gib']:.2f})")
     parts.append(f"seed {s['seed']}")
     parts.append({"stop": "finished", "length": "hit max new tokens", "cancelled": "stopped"}[s["finish_reason"]])
+    if s.get("constraint_s") is not None:
+        parts.append(f"JSON mode {s['constraint_s'] * 1000:.0f} ms")
+    if s.get("closed_early"):
+        parts.append("JSON closed early to fit max new tokens")
     if s.get("dropped_turns"):
         parts.append(dropped_note(s["dropped_turns"]))
     return " · ".join(parts)

@@ -84,3 +84,31 @@ def test_long_conversations_drop_the_oldest_turns_and_say_so(app_url, tiny):
 def test_model_info(client):
     info = client.predict(api_name="/model_info")
     assert info["name"] == "tiny-random" and info["quant"] == "fp32" and info["context_length"] == 4096
+
+
+def test_chat_structured_returns_a_parsed_object_that_meets_the_schema(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+              "required": ["city", "days"]}
+    got = client.predict(message="JSON please", json_schema=json.dumps(schema), seed=4, max_new_tokens=96,
+                         api_name="/chat_structured")
+    assert got["json"]["parses"] and got["json"]["valid"], got
+    assert json.loads(got["text"]) == got["json"]["parsed"] and set(got["json"]["parsed"]) == {"city", "days"}
+    assert got["stats"]["constraint_s"] is not None and got["tool_calls"] == []
+
+
+def test_chat_structured_takes_tools_and_a_tool_history(client):
+    tools = json.dumps([{"name": "get_time", "description": "The time now", "parameters": {"type": "object"}}])
+    history = [{"role": "user", "content": "What time is it?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_0", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+               {"role": "tool", "content": "12:00"}]
+    got = client.predict(message="And in an hour?", history=history, tools=tools, seed=1, max_new_tokens=8,
+                         api_name="/chat_structured")
+    assert got["json"] is None and isinstance(got["tool_calls"], list) and got["stats"]["completion_tokens"] <= 8
+
+
+def test_bad_json_settings_are_one_sentence(client):
+    with pytest.raises(Exception, match="JSON Schema is invalid at type"):
+        client.predict(message="x", json_schema='{"type": "objekt"}', api_name="/chat_structured")
+    with pytest.raises(Exception, match="cannot call tools while it is on"):
+        client.predict(message="x", json_mode=True, tools='[{"name": "f"}]', api_name="/chat")

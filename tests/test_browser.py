@@ -101,3 +101,23 @@ def test_markdown_renders_and_editing_a_message_regenerates_from_there(page):
     page.locator('#chatbot button[aria-label="Submit"]').click()
     wait_for_reply_done(page, 1)  # the turns after the edited message are gone, one new reply
     assert page.locator('#chatbot [data-testid="user"]').all_inner_texts() == ["an edited first question"]
+
+
+def test_json_mode_shows_the_parsed_object(page):
+    page.get_by_text("JSON mode and tools").click()
+    page.locator("#json-mode input[type=checkbox]").check()
+    page.click("#json-schema .cm-content")
+    schema = '{"type": "object", "properties": {"city": {"type": "string"}, "tags": {"type": "array", ' \
+             '"items": {"type": "integer"}}}, "required": ["city", "tags"]}'
+    page.keyboard.insert_text(schema)
+    set_number(page, "max-new-tokens", 96)
+    set_number(page, "seed", 7)
+    page.click("#chat-input textarea")
+    page.keyboard.type("Give me a city and some numbers as JSON.")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#json-panel:not(.hidden) #json-check", state="visible", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#json-check').innerText.includes('matches the schema')")
+    view = page.inner_text("#json-view")
+    assert "city" in view and "tags" in view, view
+    page.locator("#json-panel").first.screenshot(path=str(ARTIFACTS / "chat-json-panel.png"))
+    page.screenshot(path=str(ARTIFACTS / "chat-json-mode.png"), full_page=True)

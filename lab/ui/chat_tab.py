@@ -2,15 +2,17 @@
 presets, sampling controls, per-reply stats and the model panel.
 
 Programs reach every action by a stable api_name (gradio_client): `/chat` is stateless (message,
-history, system prompt and parameters in; the reply out, streamed); `/send`, `/regenerate`,
-`/undo`, `/stop`, `/clear` and `/export` drive a session like the page does; `/model_info` and
-`/load_model` concern the model.
+history, system prompt and parameters in; the reply out, streamed); `/chat_structured` is the same
+with JSON mode or tools, and returns the parsed object or the tool calls; `/send`, `/regenerate`,
+`/undo`, `/stop`, `/clear`, `/tool_result` and `/export` drive a session like the page does;
+`/model_info` and `/load_model` concern the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import tempfile
 import threading
 import time
@@ -25,6 +27,8 @@ from lab.errors import LabError
 from lab.models import QUANTS, REGISTRY
 from lab.prompts import system_presets
 from lab.session import LoadRequest, ModelManager
+from lab.toolcalls import tool_message
+from lab.ui.chat_tools import Structured, build_panels, build_settings, display, panels
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
@@ -54,11 +58,6 @@ class SessionCancels:
         with self._lock:
             if self._events.get(key) is event:
                 del self._events[key]
-
-
-def display(messages: list[dict]) -> list[dict]:
-    # Text parts are passed as {"type": "text"} so Gradio shows them verbatim (a bare string is dedented).
-    return [{"role": m["role"], "content": {"type": "text", "text": m["content"]}} for m in messages]
 
 
 def stats_rows(conv: Conversation) -> list[list]:
@@ -119,6 +118,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 clear_btn = gr.Button("Clear", size="sm", elem_id="clear-btn")
                 export_btn = gr.Button("Export JSON", size="sm", elem_id="export-btn")
             stats_md = gr.Markdown("", elem_id="reply-stats")
+            json_panel, json_check, json_view, tool_panel, calls_md, tool_result, tool_send = build_panels()
             export_file = gr.File(label="Conversation export", visible=False, elem_id="export-file")
             with gr.Accordion("Stats of every reply", open=False):
                 stats_table = gr.Dataframe(headers=STATS_HEADERS, value=[], interactive=False, elem_id="stats-table")
@@ -135,6 +135,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 max_new = gr.Slider(16, 8192, value=1024, step=16, label="Max new tokens", elem_id="max-new-tokens")
                 seed = gr.Number(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
                                  elem_id="seed")
+            json_mode, json_schema, tools_box = build_settings()
             with gr.Accordion("Model", open=False):
                 current = manager.request or LoadRequest()
                 model_name = gr.Dropdown(list(REGISTRY), value=manager.model.info.name if manager.loaded else None,
@@ -143,21 +144,23 @@ def build_chat_tab(manager: ModelManager) -> None:
                 context = gr.Number(current.context, precision=0, minimum=0,
                                     label="Context tokens (empty: the model's own; more: YaRN)")
                 load_btn = gr.Button("Load", elem_id="load-btn")
-    sampling = [temperature, top_p, top_k, rep, max_new, seed]
+    settings = [temperature, top_p, top_k, rep, max_new, seed, json_mode, json_schema, tools_box]
     outputs = [chatbot, conv_state, message, stats_md, stats_table]
+    panel_outputs = [json_panel, json_check, json_view, tool_panel, calls_md]
 
     # ---- callbacks ----------------------------------------------------------------------
-    def stream_reply(conv: Conversation, system_prompt: str, params, key: str):
-        """Stream a reply to the conversation as it stands (its last message is the user's)."""
+    def stream_reply(conv: Conversation, system_prompt: str, params, structured: Structured, key: str):
+        """Stream a reply to the conversation as it stands (its last message is the user's or a tool result)."""
         model = manager.model
-        fitted = fit_to_context(system_prompt, conv.messages, model.count_chat_tokens,
+        tools = structured.tools or None
+        fitted = fit_to_context(system_prompt, conv.messages, lambda m: model.count_chat_tokens(m, tools),
                                 model.info.context_length, params.max_new_tokens)
         event = cancels.start(key)
         text, stats, last = "", None, 0.0
         status = f"generating… ({dropped_note(fitted.dropped_turns)})" if fitted.dropped_turns else "generating…"
         # closing() ends generation at once if the page goes away mid-reply (Gradio closes this generator)
         try:
-            with contextlib.closing(model.stream_chat(fitted.messages, params, event)) as stream:
+            with contextlib.closing(model.stream_chat(fitted.messages, params, event, tools=tools)) as stream:
                 for chunk in stream:
                     text += chunk.text
                     stats = chunk.stats or stats
@@ -168,16 +171,21 @@ def build_chat_tab(manager: ModelManager) -> None:
         finally:
             cancels.finish(key, event)
         assert isinstance(stats, ReplyStats), "stream_chat ends with a chunk carrying stats"
-        conv.add_reply(text, stats, params, fitted.dropped_turns)
+        reply, extra = structured.finish(text)
+        conv.add_reply(text, stats, params, fitted.dropped_turns, message=reply, **extra)
         used = stats.prompt_tokens + stats.completion_tokens
         line = f"{format_stats(conv.stats[len(conv.messages) - 1])} · context {used:,}/{model.info.context_length:,}"
         yield display(conv.messages), conv, gr.skip(), line, stats_rows(conv)
 
-    def run(conv: Conversation, system_prompt: str, sampling_values, key: str, restore_on_error: int | None = None):
-        """Stream a reply; on a user error, restore the conversation to `restore_on_error` messages."""
+    def run(conv: Conversation, system_prompt: str, values, key: str, restore_on_error: int | None = None):
+        """Stream a reply; on a user error, restore the conversation to `restore_on_error` messages.
+
+        `values`: the six sampling settings, then JSON mode, the schema and the tools (as the form has them)."""
         try:
-            params = sampling_from_ui(*sampling_values)
-            yield from stream_reply(conv, system_prompt, params, key)
+            params = sampling_from_ui(*values[:6])
+            structured = Structured.from_ui(*values[6:9])  # a bad schema or tool list ends here, before decoding
+            params.response_format = structured.response_format
+            yield from stream_reply(conv, system_prompt, params, structured, key)
         except LabError as e:
             if restore_on_error is not None:
                 text = conv.messages[restore_on_error]["content"] if restore_on_error < len(conv.messages) else ""
@@ -186,8 +194,9 @@ def build_chat_tab(manager: ModelManager) -> None:
             raise gr.Error(str(e)) from None
 
     def send(text: str, conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
-             repetition_penalty: float, max_new_tokens: int, seed: int, request: gr.Request):
-        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+             repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool, json_schema: str,
+             tools: str, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
         if not text.strip():
             gr.Warning("Type a message first.")
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -198,9 +207,10 @@ def build_chat_tab(manager: ModelManager) -> None:
         yield from run(conv, system_prompt, values, request.session_hash, restore_on_error=n)
 
     def regenerate(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
-                   repetition_penalty: float, max_new_tokens: int, seed: int, request: gr.Request):
-        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
-        i = conv.last_user_index()
+                   repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool, json_schema: str,
+                   tools: str, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
+        i = conv.last_user_index(or_tool=True)
         if i is None:
             gr.Warning("There is no message to answer again yet.")
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -210,9 +220,9 @@ def build_chat_tab(manager: ModelManager) -> None:
         yield from run(conv, system_prompt, values, request.session_hash)
 
     def edit(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
-             repetition_penalty: float, max_new_tokens: int, seed: int,
-             evt: gr.EditData, request: gr.Request):
-        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+             repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool, json_schema: str,
+             tools: str, evt: gr.EditData, request: gr.Request):
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
         i = evt.index if isinstance(evt.index, int) else evt.index[0]
         if i >= len(conv.messages) or conv.messages[i]["role"] != "user":
             gr.Warning("Only your own messages can be edited.")
@@ -222,6 +232,27 @@ def build_chat_tab(manager: ModelManager) -> None:
         conv.truncate(i + 1)  # the replies after an edited message no longer answer it
         yield display(conv.messages), conv, gr.skip(), "generating…", stats_rows(conv)
         yield from run(conv, system_prompt, values, request.session_hash)
+
+    def send_tool_result(text: str, conv: Conversation, system_prompt: str, temperature: float, top_p: float,
+                         top_k: int, repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool,
+                         json_schema: str, tools: str, request: gr.Request):
+        """Give the oldest unanswered tool call its result; once every call has one, the model continues."""
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
+        pending = conv.pending_calls()
+        if not pending:
+            gr.Warning("No tool call is waiting for a result.")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        call = pending[0]
+        n = len(conv.messages)
+        conv.messages.append(tool_message(text, call["function"]["name"], tool_call_id=call.get("id")))
+        if len(pending) > 1:
+            note = f"result added; {len(pending) - 1} more call{'s' if len(pending) > 2 else ''} to answer"
+            yield display(conv.messages), conv, gr.skip(), note, gr.skip(), ""
+            return
+        yield display(conv.messages), conv, gr.skip(), "generating…", gr.skip(), ""
+        for out in run(conv, system_prompt, values, request.session_hash, restore_on_error=n):
+            yield (*out[:2], gr.skip(), *out[3:], out[2] if len(conv.messages) == n else gr.skip())
 
     def undo(conv: Conversation):
         i = conv.last_user_index()
@@ -238,7 +269,7 @@ def build_chat_tab(manager: ModelManager) -> None:
         cancels.stop(request.session_hash)
 
     def export(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
-               repetition_penalty: float, max_new_tokens: int, seed: int):
+               repetition_penalty: float, max_new_tokens: int, seed: int, *_structured):
         try:
             params = sampling_from_ui(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
         except LabError as e:
@@ -259,30 +290,33 @@ def build_chat_tab(manager: ModelManager) -> None:
         return model_markdown()
 
     # ---- events -------------------------------------------------------------------------
-    message.submit(send, [message, conv_state, system, *sampling], outputs, api_name="send")
-    send_btn.click(send, [message, conv_state, system, *sampling], outputs, api_visibility="private")
+    # Every event that changes the conversation then refreshes the JSON and tool-call panels.
+    replies = [
+        message.submit(send, [message, conv_state, system, *settings], outputs, api_name="send"),
+        send_btn.click(send, [message, conv_state, system, *settings], outputs, api_visibility="private"),
+        regen_btn.click(regenerate, [conv_state, system, *settings], outputs, api_name="regenerate"),
+        chatbot.retry(regenerate, [conv_state, system, *settings], outputs, api_visibility="private"),
+        chatbot.edit(edit, [conv_state, system, *settings], outputs, api_visibility="private"),
+        tool_send.click(send_tool_result, [tool_result, conv_state, system, *settings], [*outputs, tool_result],
+                        api_name="tool_result"),
+        tool_result.submit(send_tool_result, [tool_result, conv_state, system, *settings], [*outputs, tool_result],
+                           api_visibility="private"),
+        undo_btn.click(undo, [conv_state], outputs, api_name="undo"),
+        chatbot.undo(undo, [conv_state], outputs, api_visibility="private"),
+        clear_btn.click(clear, None, outputs, api_name="clear"),
+        chatbot.clear(clear, None, outputs, api_visibility="private"),
+    ]
+    for event in replies:
+        event.then(panels, conv_state, panel_outputs, api_visibility="private")
     stop_btn.click(stop, None, None, queue=False, api_name="stop")
-    regen_btn.click(regenerate, [conv_state, system, *sampling], outputs, api_name="regenerate")
-    chatbot.retry(regenerate, [conv_state, system, *sampling], outputs, api_visibility="private")
-    chatbot.edit(edit, [conv_state, system, *sampling], outputs, api_visibility="private")
-    undo_btn.click(undo, [conv_state], outputs, api_name="undo")
-    chatbot.undo(undo, [conv_state], outputs, api_visibility="private")
-    clear_btn.click(clear, None, outputs, api_name="clear")
-    chatbot.clear(clear, None, outputs, api_visibility="private")
-    export_btn.click(export, [conv_state, system, *sampling], export_file, api_name="export").then(
+    export_btn.click(export, [conv_state, system, *settings], export_file, api_name="export").then(
         lambda: gr.File(visible=True), None, export_file, api_visibility="private")
     preset.input(lambda name: presets.get(name, gr.skip()), preset, system, api_visibility="private")
     system.input(lambda: CUSTOM, None, preset, api_visibility="private")
     load_btn.click(load, [model_name, quant, context], model_info, api_name="load_model", concurrency_id="model")
 
-    def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
-             temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p, top_k: int = DEFAULTS.top_k,
-             repetition_penalty: float = DEFAULTS.repetition_penalty, max_new_tokens: int = DEFAULTS.max_new_tokens,
-             seed: int = -1, request: gr.Request = None) -> str:
-        """Reply to `message` after `history` ([{"role", "content"}, ...]); streams the reply so far.
-
-        A system message first in `history` replaces `system_prompt`. A seed >= 0 makes the reply
-        reproducible; the oldest turns are dropped if the conversation does not fit the context."""
+    def api_reply(message: str, history, system_prompt: str, values: tuple, request: gr.Request | None):
+        """Stream a reply for a program: yields the text so far, then the conversation it ended."""
         if not message or not message.strip():
             raise gr.Error("The message is empty.")
         try:
@@ -291,14 +325,56 @@ def build_chat_tab(manager: ModelManager) -> None:
             raise gr.Error(str(e)) from None
         conv = Conversation(messages + [{"role": "user", "content": message}])
         system_prompt = system_in_history if system_in_history is not None else system_prompt
-        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
         key = request.session_hash if request else f"api-{id(conv)}"
         text = ""
         for out in run(conv, system_prompt, values, key):
-            text = out[0][-1]["content"]["text"] if out[0] and out[0][-1]["role"] == "assistant" else text
+            if out[0] and out[0][-1]["role"] == "assistant" and len(conv.messages) == len(messages) + 1:
+                text = out[0][-1]["content"]["text"]  # still streaming: the reply as it grows
+                yield text, None
+        yield conv.stats[len(conv.messages) - 1].get("raw", conv.messages[-1]["content"]), conv
+
+    def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
+             temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p, top_k: int = DEFAULTS.top_k,
+             repetition_penalty: float = DEFAULTS.repetition_penalty, max_new_tokens: int = DEFAULTS.max_new_tokens,
+             seed: int = -1, json_mode: bool = False, json_schema: str = "", tools: str = "",
+             request: gr.Request = None) -> str:
+        """Reply to `message` after `history` ([{"role", "content"}, ...]); streams the reply so far.
+
+        A system message first in `history` replaces `system_prompt`. A seed >= 0 makes the reply
+        reproducible; the oldest turns are dropped if the conversation does not fit the context.
+        `json_mode` / `json_schema` constrain the reply to JSON (matching the schema); `tools` (JSON,
+        OpenAI function format) are offered to the model. /chat_structured returns the parsed results."""
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
+        for text, _ in api_reply(message, history, system_prompt, values, request):
             yield text
 
     gr.api(chat, api_name="chat")
+
+    def chat_structured(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
+                        json_mode: bool = False, json_schema: str = "", tools: str = "",
+                        temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p,
+                        top_k: int = DEFAULTS.top_k, repetition_penalty: float = DEFAULTS.repetition_penalty,
+                        max_new_tokens: int = DEFAULTS.max_new_tokens, seed: int = -1,
+                        request: gr.Request = None) -> dict:
+        """Like /chat, but returns what the reply holds: {"text": the raw reply, "content": its text without
+        tool-call blocks, "json": {"parses", "valid", "errors", "parsed"} in JSON mode, "tool_calls": calls in
+        OpenAI's format (arguments as a JSON string), "problems": malformed calls, "stats": tokens and timing}.
+        Send a tool's result back as a {"role": "tool", "content": ...} message after the assistant message
+        {"role": "assistant", "content": ..., "tool_calls": [...]} in `history`."""
+        values = (temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, json_mode, json_schema, tools)
+        text, conv = "", None
+        for text, conv in api_reply(message, history, system_prompt, values, request):
+            pass
+        reply, stats = conv.messages[-1], dict(conv.stats[len(conv.messages) - 1])
+        check = stats.pop("json", None)
+        calls = [{"id": c.get("id"), "type": "function",
+                  "function": {"name": c["function"]["name"],
+                               "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+                 for c in reply.get("tool_calls") or []]
+        return {"text": text, "content": reply["content"], "json": check, "tool_calls": calls,
+                "problems": stats.pop("tool_problems", []), "stats": stats}
+
+    gr.api(chat_structured, api_name="chat_structured")
 
     def model_info_api() -> dict:
         """The loaded model: name, source, quantization, device, context length and weight memory."""
