@@ -87,3 +87,26 @@ def test_validate_reports_parse_errors_and_schema_mismatches():
     assert missing.valid is False and "'scores' is a required property" in missing.summary()
     broken = validate('{"name": ', fmt)
     assert not broken.parses and broken.summary().startswith("✗ not valid JSON")
+
+
+def test_stop_ends_a_constrained_reply_at_once(tiny):
+    import threading
+
+    cancel = threading.Event()
+    fmt = response_format(True, json.dumps(SCHEMA))
+    chunks = []
+    for chunk in tiny.stream_chat(ASK, SamplingParams(seed=2, max_new_tokens=2000, response_format=fmt), cancel):
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            cancel.set()  # what the Stop button does
+    stats = chunks[-1].stats
+    assert stats.finish_reason == "cancelled" and stats.completion_tokens < 50
+
+
+def test_the_model_layer_renders_tools_into_the_prompt(tiny):
+    tools = [{"type": "function", "function": {"name": "get_time", "description": "现在几点",
+                                                "parameters": {"type": "object", "properties": {}}}}]
+    plain, with_tools = tiny.render(ASK), tiny.render(ASK, tools=tools)
+    assert "<tools>" not in plain and "<tools>" in with_tools and '"name": "get_time"' in with_tools
+    assert "现在几点" in with_tools and with_tools.endswith("<|im_start|>assistant\n")
+    assert tiny.count_chat_tokens(ASK, tools) > tiny.count_chat_tokens(ASK)
