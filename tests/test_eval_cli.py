@@ -91,6 +91,9 @@ def test_acceptance_sigkill_half_way_then_resume_equals_an_uninterrupted_run(run
         kept = c.execute("SELECT count(*) FROM samples WHERE run_id=?", (victim,)).fetchone()[0]
     assert kept >= written and kept % 4 == 0  # nothing already written was lost; whole batches only
 
+    listed = run_cli("-m", "lab.eval", "list", env=runs).stdout
+    assert "interrupted" in next(line for line in listed.splitlines() if line.startswith(victim))
+
     resumed = run_cli("-m", "lab.eval", "mmlu", "--resume", victim, env=runs, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     table = lambda out: out[out.index("group"): out.index("unparseable")]  # noqa: E731

@@ -67,3 +67,19 @@ def test_an_unwritable_runs_dir_is_one_sentence(tmp_path):
     blocker.write_text("x")
     with pytest.raises(LabError, match="cannot be opened"):
         RunStore.open(blocker / "runs")
+
+
+def test_a_running_run_whose_process_is_gone_reads_as_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=1)
+    assert store.get(run_id).state == "running"  # this very process runs it
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        owner = store.get(run_id).owner.rsplit(":", 1)[0] + ":" + gone.stdout.strip()
+        c.execute("UPDATE runs SET owner=? WHERE id=?", (owner, run_id))
+    assert store.get(run_id).state == "interrupted" and store.get(run_id).status == "running"
+    store.finish(run_id, "finished", {})
+    assert store.get(run_id).state == "finished"

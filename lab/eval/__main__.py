@@ -163,7 +163,7 @@ def _list(args, store: RunStore) -> int:
         score = o.get("pass@1", o.get("accuracy"))
         done = len(store.done_keys(r.id)) if r.status != "finished" else r.n_total
         rows.append([r.id, r.benchmark + (f"/{r.subset}" if r.subset else ""), r.mode,
-                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.status, f"{done}/{r.n_total}",
+                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.state, f"{done}/{r.n_total}",
                      report.pct(score), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_at))])
     print(report.table(["run", "benchmark", "mode", "shots", "model", "quant", "status", "done", "score %",
                         "started"], rows, align="llllllllrl"))

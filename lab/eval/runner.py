@@ -215,6 +215,8 @@ class Runner:
         if run.status == "finished":
             samples = self.store.samples(run_id)
             return RunResult(run_id, "finished", run.summary or {}, samples)
+        if run.state == "running":
+            raise LabError(f"Run {run_id} is still running (process {run.owner}); let it finish, or stop it first.")
         if (model.info.name, model.info.quant) != (run.model, run.quant):
             raise LabError(f"Run {run_id} was made with {run.model} ({run.quant}); resume it with the same model "
                            f"and quantization, not {model.info.name} ({model.info.quant}).")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seed        INTEGER,
     n_total     INTEGER,            -- samples the finished run will hold
     status      TEXT NOT NULL,      -- running, finished, cancelled, failed
+    owner       TEXT,               -- "host:pid" of the process running it, to tell a killed run from a live one
     started_at  REAL NOT NULL,
     ended_at    REAL,
     summary     TEXT                -- JSON, written when the run ends
@@ -97,13 +99,31 @@ class Run:
     versions: dict
     seed: int | None
     n_total: int
-    status: str
+    status: str  # as stored; `state` tells a killed run from a live one
     started_at: float
     ended_at: float | None
     summary: dict | None
+    owner: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def state(self) -> str:
+        """The status, except that a "running" run whose process is gone on this machine is "interrupted"
+        (killed, or the machine went down): nothing finishes it but --resume."""
+        if self.status != "running" or not self.owner:
+            return self.status
+        host, _, pid = self.owner.rpartition(":")
+        if host != socket.gethostname():
+            return self.status  # another machine's process: cannot tell
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except (PermissionError, ValueError):
+            pass
+        return self.status
 
     @property
     def label(self) -> str:
@@ -118,6 +138,8 @@ class RunStore:
         self._local = threading.local()
         with self._conn() as c:
             c.executescript(SCHEMA)
+            if "owner" not in {r[1] for r in c.execute("PRAGMA table_info(runs)")}:  # a file from before the column
+                c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
     @classmethod
     def open(cls, directory: str | Path | None = None) -> "RunStore":
@@ -148,9 +170,9 @@ class RunStore:
         with self._conn() as c:
             c.execute(
                 "INSERT INTO runs (id, benchmark, subset, mode, shots, model, quant, params, data_source, versions,"
-                " seed, n_total, status, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'running',?)",
+                " seed, n_total, status, owner, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'running',?,?)",
                 (run_id, benchmark, subset, mode, shots, model, quant, json.dumps(params), data_source,
-                 json.dumps(versions or {}), seed, n_total, time.time()),
+                 json.dumps(versions or {}), seed, n_total, _owner(), time.time()),
             )
         return run_id
 
@@ -162,7 +184,7 @@ class RunStore:
 
     def set_status(self, run_id: str, status: str) -> None:
         with self._conn() as c:
-            c.execute("UPDATE runs SET status=?, ended_at=NULL WHERE id=?", (status, run_id))
+            c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?", (status, _owner(), run_id))
 
     def finish(self, run_id: str, status: str, summary: dict | None) -> None:
         with self._conn() as c:
@@ -206,6 +228,10 @@ class RunStore:
             self._local.conn = None
 
 
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _sample(r: sqlite3.Row) -> Sample:
     return Sample(key=r["key"], position=r["position"], subject=r["subject"], prompt=r["prompt"], output=r["output"],
                   extracted=r["extracted"], gold=r["gold"], correct=bool(r["correct"]),
@@ -217,4 +243,4 @@ def _run(row: sqlite3.Row) -> Run:
                model=row["model"], quant=row["quant"], params=json.loads(row["params"]), data_source=row["data_source"],
                versions=json.loads(row["versions"] or "{}"), seed=row["seed"], n_total=row["n_total"],
                status=row["status"], started_at=row["started_at"], ended_at=row["ended_at"],
-               summary=json.loads(row["summary"]) if row["summary"] else None)
+               summary=json.loads(row["summary"]) if row["summary"] else None, owner=row["owner"])

@@ -99,7 +99,7 @@ def headline(run: Run, done: int, summary: dict) -> str:
     if run.shots is not None:
         what += f" · {run.shots}-shot"
     return (f"### {run.id}\n{what} · {run.model} ({run.quant or '—'}) · seed {run.seed}  \n"
-            f"{run.status} {done}/{run.n_total} · started {started(run)}\n\n**{score_text(summary)}**\n\n"
+            f"{run.state} {done}/{run.n_total} · started {started(run)}\n\n**{score_text(summary)}**\n\n"
             f"<small>{summary.get('averages', '')}</small>")
 
 
@@ -200,13 +200,13 @@ def history_frame(store: RunStore) -> pd.DataFrame:
         done = r.n_total if r.status == "finished" else len(store.done_keys(r.id))
         o = (r.summary or {}).get("overall", {})
         rows.append([r.id, r.benchmark + (f"/{r.subset}" if r.subset else ""), r.mode,
-                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.status, f"{done}/{r.n_total}",
+                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.state, f"{done}/{r.n_total}",
                      report.pct(o.get("pass@1", o.get("accuracy"))), started(r)])
     return pd.DataFrame(rows, columns=HISTORY_HEADERS)
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
-    return [(f"{r.id} · {r.model} · {r.status}", r.id) for r in store.runs()]
+    return [(f"{r.id} · {r.model} · {r.state}", r.id) for r in store.runs()]
 
 
 # ---- two runs ---------------------------------------------------------------------------------
