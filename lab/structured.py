@@ -32,6 +32,9 @@ from lab.errors import LabError
 
 CLOSERS = ("}", "]", *"0123456789")  # preferred, in order, outside a string when the budget runs out
 RESERVE_TOKENS = 48  # at most this many of max new tokens are kept for closing the document
+# Whitespace between tokens is free (models pretty-print), but a run of it is capped: a model can fall
+# into writing newlines forever inside a constrained document. 32 covers indentation 16 levels deep.
+MAX_WHITESPACE = 32
 
 
 def response_format(json_mode: bool, schema_text: str | None = None) -> dict | None:
@@ -134,9 +137,11 @@ class Grammars:
         schema = schema_of(fmt)
         with self._lock:
             try:
-                if schema is None:
-                    return self.compiler.compile_builtin_json_grammar()
-                return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=True, strict_mode=True)
+                if schema is None:  # json_object: any object, as OpenAI's JSON mode promises
+                    return self.compiler.compile_json_schema('{"type": "object"}', any_whitespace=True,
+                                                             max_whitespace_cnt=MAX_WHITESPACE, strict_mode=False)
+                return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=True,
+                                                         max_whitespace_cnt=MAX_WHITESPACE, strict_mode=True)
             except Exception as e:  # xgrammar refuses schema features it cannot express
                 raise LabError(f"The JSON Schema cannot be enforced ({str(e).splitlines()[0]}); "
                                "simplify it or turn the schema off.") from None
