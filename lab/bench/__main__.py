@@ -15,29 +15,30 @@ import tempfile
 from lab.errors import LabError
 
 
+def _case(sub, name: str, help: str, *, shape: str, quants: str, prompt_tokens: int, repeats: int):
+    """A case's parser with the flags every case shares: the model shape, quantizations, prompt and reply sizes."""
+    c = sub.add_parser(name, help=help)
+    c.add_argument("--shape", choices=("7b", "tiny"), default=shape,
+                   help="7b: Qwen2.5-7B-Instruct's exact shape with random weights; tiny: tiny-random")
+    c.add_argument("--quants", default=quants, help="comma-separated: 4bit, 8bit, bf16, fp16, fp32")
+    c.add_argument("--prompt-tokens", type=int, default=prompt_tokens)
+    c.add_argument("--new-tokens", type=int, default=256)
+    c.add_argument("--repeats", type=int, default=repeats)
+    c.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the random checkpoint is written")
+    c.add_argument("--out", help="folder for the results (.md and .json)")
+    return c
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="case", required=True)
-    chat = sub.add_parser("chat", help="chat-path memory, first-token time and decode speed per quantization")
-    chat.add_argument("--shape", choices=("7b", "tiny"), default="7b",
-                      help="7b: Qwen2.5-7B-Instruct's exact shape with random weights; tiny: tiny-random")
-    chat.add_argument("--quants", default="bf16,8bit,4bit", help="comma-separated: 4bit, 8bit, bf16, fp16, fp32")
-    chat.add_argument("--prompt-tokens", type=int, default=512)
-    chat.add_argument("--new-tokens", type=int, default=256)
-    chat.add_argument("--repeats", type=int, default=3)
-    chat.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the random checkpoint is written")
-    chat.add_argument("--out", help="folder for the results (.md and .json)")
+    chat = _case(sub, "chat", "chat-path memory, first-token time and decode speed per quantization",
+                 shape="7b", quants="bf16,8bit,4bit", prompt_tokens=512, repeats=3)
     chat.add_argument("--append", action="store_true", help="add rows to the results already in --out")
-    st = sub.add_parser("structured", help="what JSON mode costs in decode speed")
-    st.add_argument("--shape", choices=("7b", "tiny"), default="tiny")
-    st.add_argument("--quants", default="fp32", help="comma-separated: 4bit, 8bit, bf16, fp16, fp32")
-    st.add_argument("--prompt-tokens", type=int, default=128)
-    st.add_argument("--new-tokens", type=int, default=256)
-    st.add_argument("--repeats", type=int, default=5)
-    st.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the random checkpoint is written")
-    st.add_argument("--out", help="folder for the results (.md and .json)")
+    _case(sub, "structured", "what JSON mode costs in decode speed", shape="tiny", quants="fp32", prompt_tokens=128,
+          repeats=5)
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     try:
