@@ -321,7 +321,7 @@ class Runner:
 
     def _check(self, problems: Sequence, completions: Sequence[str], plan: Plan,
                cancel: threading.Event) -> list[sandbox.ExecResult] | None:
-        limits = sandbox.Limits(timeout_s=plan.request.timeout_s or float(plan.spec.generation.get("timeout_s", 10)))
+        limits = _limits(plan.spec, plan.request)
         jobs = [(p.prompt, comp, p.test, p.entry_point) for p, comp in zip(problems, completions)]
         results = sandbox.run_checks(jobs, limits, workers=plan.request.workers, cancel=cancel)
         return None if any(r is None for r in results) else results
@@ -346,7 +346,7 @@ class Runner:
         run_id = self.store.create_run(benchmark="humaneval", mode="score", model=f"file:{path}", quant=None,
                                        params={"request": req.to_dict(), "file": str(path)}, n_total=len(items),
                                        data_source=plan.data_source, versions=runtime.versions(), seed=None)
-        limits = sandbox.Limits(timeout_s=req.timeout_s or float(plan.spec.generation.get("timeout_s", 10)))
+        limits = _limits(plan.spec, req)
         samples: list[Sample] = []
         lock = threading.Lock()
         t0 = time.monotonic()
@@ -374,6 +374,11 @@ class Runner:
         if spec.kind == "code":
             return report.summarize_code(samples)
         return report.summarize_choice(samples, groups)
+
+
+def _limits(spec: Spec, req: EvalRequest) -> sandbox.Limits:
+    """Sandbox limits for one program: --timeout, else the spec's (10 s)."""
+    return sandbox.Limits(timeout_s=req.timeout_s or float(spec.generation.get("timeout_s", 10)))
 
 
 def _code_detail(r: sandbox.ExecResult, c) -> dict:

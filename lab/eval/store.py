@@ -191,11 +191,6 @@ class RunStore:
             c.execute("UPDATE runs SET status=?, ended_at=?, summary=? WHERE id=?",
                       (status, time.time(), json.dumps(summary, ensure_ascii=False) if summary else None, run_id))
 
-    def delete(self, run_id: str) -> None:
-        with self._conn() as c:
-            c.execute("DELETE FROM samples WHERE run_id=?", (run_id,))
-            c.execute("DELETE FROM runs WHERE id=?", (run_id,))
-
     # ---- reading ------------------------------------------------------------------------
     def get(self, run_id: str) -> Run:
         row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -220,12 +215,6 @@ class RunStore:
 
     def done_keys(self, run_id: str) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 def _owner() -> str:

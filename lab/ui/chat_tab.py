@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from lab.models import QUANTS, REGISTRY
 from lab.prompts import system_presets
 from lab.session import LoadRequest, ModelManager
 from lab.toolcalls import tool_message
-from lab.ui.chat_tools import Structured, build_panels, build_settings, display, panels
+from lab.ui.chat_tools import Structured, build_panels, build_settings, call_of, display, panels
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
@@ -367,10 +366,7 @@ def build_chat_tab(manager: ModelManager) -> None:
             pass
         reply, stats = conv.messages[-1], dict(conv.stats[len(conv.messages) - 1])
         check = stats.pop("json", None)
-        calls = [{"id": c.get("id"), "type": "function",
-                  "function": {"name": c["function"]["name"],
-                               "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
-                 for c in reply.get("tool_calls") or []]
+        calls = [call_of(c).to_openai() for c in reply.get("tool_calls") or []]
         return {"text": text, "content": reply["content"], "json": check, "tool_calls": calls,
                 "problems": stats.pop("tool_problems", []), "stats": stats}
 
