@@ -1,9 +1,10 @@
 """The one model interface everything above the model layer talks to.
 
 A Transformers model (`lab.hf.HFModel`), a remote OpenAI-compatible server and the offline
-`tiny-random` model all offer the same three calls:
+`tiny-random` model all offer the same calls:
 
 - `stream_chat(messages, params, cancel, tools)` -> `Chunk`s of text, the last one carrying `ReplyStats`;
+- `stream_many(prompts, params, cancel)` -> `(row, Chunk)` for several replies generated together;
 - `generate(prompts, params)` -> one `Completion` per prompt, produced as a batch;
 - `score_choices(prompts, choices)` -> log P(choice | prompt) for every prompt and choice.
 
@@ -142,6 +143,11 @@ class ChatModel(Protocol):
         params: SamplingParams,
         cancel: threading.Event | None = None,
     ) -> list[Completion]: ...
+
+    def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
+        """Several chat replies produced together (one batched generation on a local model); yields (row, Chunk)
+        as tokens arrive; each row's last chunk carries its ReplyStats."""
 
     def score_choices(
         self, prompts: Sequence[str], choices: Sequence[str]

@@ -6,19 +6,25 @@ Use `lab.models.load_model()` to get one; this module does the work once a check
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Iterator, Sequence
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LogitsProcessorList,
                           StoppingCriteriaList)
 
-from lab import runtime
+from lab import fast, runtime
 from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, SamplingParams
 from lab.decode import CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop
 from lab.errors import LabError
+from lab.prefix import PrefixScorer, prefix_groups
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "4bit": torch.bfloat16, "8bit": torch.float16}  # LLM.int8 computes in fp16; bf16 inputs get cast per call
@@ -86,7 +92,12 @@ def load_hf(path: str, *, spec, source: str, quant: str, device: str, double_qua
         context_length=int(context or native), weight_bytes=int(weight_bytes),
         quant_detail=quant_detail(quant, double_quant), notes=notes,
     )
-    return HFModel(model, tokenizer, info)
+    hf = HFModel(model, tokenizer, info)
+    if hf.fast is not None:
+        print("Preparing the fast decode path (compiling the decode step; a minute the first time)…",
+              file=sys.stderr, flush=True)
+        hf.warm_up()
+    return hf
 
 
 class HFModel:
@@ -103,6 +114,32 @@ class HFModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         self._lock = threading.Lock()  # one generate/forward at a time on this model
         self._grammars = None  # lab.structured.Grammars, built on the first JSON-mode request
+        self._fast: fast.FastPath | None = None
+        self._prefix: PrefixScorer | None = None  # shared-prefix scoring, with the last prefix kept
+        reason = fast.supported(model)
+        if self.device.type != "cuda":
+            reason = "the fast path is for CUDA; on a CPU plain generate() is not host-bound"
+        elif os.environ.get("LAB_FAST", "1") == "0":
+            reason = "switched off by LAB_FAST=0"
+        self.fast_off_reason: str | None = reason  # None: decoding uses lab.fast
+        # Replies stream from one long-lived thread: CUDA libraries keep their handles and plans per
+        # thread, and a fresh thread per reply paid ~50 ms of set-up before its first token.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-generate")
+
+    def warm_up(self) -> None:
+        """Build (compile and capture) the batch-1 decode step now rather than in the first reply."""
+        if self.fast is not None:
+            with self._lock, torch.inference_mode():
+                self.fast.decoder(1, fast.MIN_SLOTS)
+
+    @property
+    def fast(self) -> "fast.FastPath | None":
+        """Static cache + CUDA graphs (lab.fast) when this model can use them, else None."""
+        if self.fast_off_reason is not None:
+            return None
+        if self._fast is None:
+            self._fast = fast.FastPath(self.model, self.eos_ids, self.pad_id)
+        return self._fast
 
     # ---- prompts and tokens -------------------------------------------------------------
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
@@ -184,18 +221,24 @@ class HFModel:
                     if self.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     torch.manual_seed(seed)
-                    self.model.generate(
-                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([CancelOnEvent(cancel)]),
-                        **self._generation_kwargs(params, constraint),
-                    )
+                    if self.fast is not None:
+                        streamer.put(input_ids)  # the prompt first, as generate() hands it over
+                        dec = self.fast.decoder(1, len(ids) + params.max_new_tokens)
+                        fast.decode(dec, [ids], fast.Sampler(params, self.eos_ids, constraint),
+                                    params.max_new_tokens, self.eos_ids, self.pad_id, cancel,
+                                    on_tokens=lambda got: streamer.put(torch.tensor(got)))
+                    else:
+                        self.model.generate(
+                            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([CancelOnEvent(cancel)]),
+                            **self._generation_kwargs(params, constraint),
+                        )
             except BaseException as e:  # handed to the consumer, which raises it in its own thread
                 failure.append(e)
             finally:
                 streamer.end()
 
-        worker = threading.Thread(target=work, name="lab-generate", daemon=True)
-        worker.start()
+        worker = self._worker.submit(work)
         detok, stops = IncrementalDecoder(self.tok), StopMatcher(params.stop)
         finished = False
         try:
@@ -208,7 +251,7 @@ class HFModel:
             tail = stops.feed(detok.flush()) + stops.flush()
             if tail:
                 yield Chunk(tail)
-            worker.join()
+            worker.result()
             if failure:
                 raise _user_error(failure[0], self.info.name) from failure[0]
             finished = True
@@ -219,7 +262,8 @@ class HFModel:
         finally:
             if not finished:  # the consumer went away (page closed, Stop) or something failed
                 cancel.set()
-            worker.join(timeout=5)
+            with contextlib.suppress(FuturesTimeout):
+                worker.result(timeout=5)
 
     def _stats(self, streamer: TokenQueue, n_prompt: int, params: SamplingParams, seed: int, t0: float,
                cancel: threading.Event, stopped_by_string: bool) -> ReplyStats:
@@ -245,18 +289,44 @@ class HFModel:
 
     # ---- batched generation -------------------------------------------------------------
     def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
-                 cancel: threading.Event | None = None, batch_size: int = 8) -> list[Completion]:
-        """One completion per prompt (a raw string, or chat messages rendered with the template)."""
+                 cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
+        """One completion per prompt (a raw string, or chat messages rendered with the template).
+
+        `batch_size` None: as many rows as free GPU memory holds (8 on a CPU)."""
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
         cancel = cancel or threading.Event()
         seed = self._seed(params)
+        if batch_size is None:
+            longest = max((self.count_tokens(t) for t in texts), default=0) + params.max_new_tokens
+            batch_size = self._rows_that_fit(longest) if self.device.type == "cuda" else 8
+        batch_size = max(1, min(batch_size, len(texts)))
         out: list[Completion] = []
-        for start in range(0, len(texts), batch_size):
-            out += self._generate_batch(texts[start:start + batch_size], params, cancel, seed + start)
+        start = 0
+        while start < len(texts):
+            try:
+                out += self._generate_batch(texts[start:start + batch_size], params, cancel, seed + start, batch_size)
+            except OutOfMemory:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2  # out of memory: the same rows again in smaller batches
+                continue
+            start += batch_size
         return out
 
+    def _rows_that_fit(self, tokens_per_row: int) -> int:
+        """Rows of `tokens_per_row` whose key/value cache and activations fit in 70% of free GPU memory."""
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2  # bytes per token, 16-bit
+        # Per row besides its cache: the prefill's activations and a float32 row of logits at each step.
+        per_row = tokens_per_row * (kv + 8 * cfg.hidden_size + 2 * cfg.intermediate_size) + 8 * cfg.vocab_size
+        free = runtime.gpu_free_bytes() or 0
+        return int(max(1, min(256, 0.7 * free // per_row)))
+
     def _generate_batch(self, texts: list[str], params: SamplingParams, cancel: threading.Event,
-                        seed: int) -> list[Completion]:
+                        seed: int, rows: int | None = None) -> list[Completion]:
+        if self.fast is not None:
+            return self._generate_fast(texts, params, cancel, seed, rows or len(texts))
         # Left padding: every row's next token is then at the same (last) position.
         enc = self.tok(texts, return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False).to(self.device)
@@ -285,34 +355,116 @@ class HFModel:
                                       finish_reason=reason))
         return results
 
+    def _generate_fast(self, texts: list[str], params: SamplingParams, cancel: threading.Event, seed: int,
+                       rows: int) -> list[Completion]:
+        """`_generate_batch` through lab.fast; the decoder keeps `rows` rows so later batches of a run
+        (the last one smaller) replay the same captured graph."""
+        ids = [self.encode(t) for t in texts]
+        sampler = fast.Sampler(params, self.eos_ids, self._constraint(params, rows=len(texts)))
+        stopped = [False] * len(texts)
+        tails: list[list[int]] = [[] for _ in texts]
+
+        def on_tokens(got: list[int]) -> bool:  # stop strings: a row is done once its recent text has one
+            for i, t in enumerate(got):
+                if not stopped[i]:
+                    tails[i] = (tails[i] + [t])[-24:]
+                    text = self.tok.decode(tails[i], skip_special_tokens=True)
+                    stopped[i] = t in self.eos_ids or any(s in text for s in params.stop)
+            return all(stopped)
+
+        with self._lock:
+            torch.manual_seed(seed)
+            try:
+                dec = self.fast.decoder(max(rows, len(texts)), max(map(len, ids)) + params.max_new_tokens)
+                res = fast.decode(dec, ids, sampler, params.max_new_tokens, self.eos_ids, self.pad_id, cancel,
+                                  on_tokens=on_tokens if params.stop else None)
+            except BaseException as e:
+                raise _user_error(e, self.info.name) from e
+        results = []
+        for prompt, new, ended in zip(ids, res.tokens, res.finished):
+            text, hit = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), params.stop)
+            reason = "stop" if ended or hit else "cancelled" if cancel.is_set() else "length"
+            results.append(Completion(text=text, prompt_tokens=len(prompt), completion_tokens=len(new),
+                                      finish_reason=reason))
+        return results
+
+    def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
+        """Several chat replies from one batched generation, streamed as (row, Chunk); see lab.multistream."""
+        from lab.multistream import stream_many
+
+        return stream_many(self, prompts, params, cancel)
+
     # ---- scoring ------------------------------------------------------------------------
     def split_context(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation, split the way likelihood harnesses do."""
-        ctx, (cont,) = self._split_choices(context, [continuation])
+        ((ctx, (cont,)),) = self._split_choices([context], [continuation])
         return ctx, cont
 
-    def _split_choices(self, context: str, choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """The context's ids (encoded once) and each choice's continuation ids.
+    def _split_choices(self, contexts: Sequence[str],
+                       choices: Sequence[str]) -> list[tuple[list[int], list[list[int]]]]:
+        """For each context: its ids and each choice's continuation ids.
 
         Trailing spaces of the context move to the continuations (" A" is one token, "A" another),
-        and a continuation's ids are those of the whole string past the context's length.
+        and a continuation's ids are those of the whole string past the context's length. The
+        tokenizer gets all strings in two batched calls (it encodes a batch on several threads).
         """
-        n_spaces = len(context) - len(context.rstrip(" "))
-        context, lead = (context[:-n_spaces], context[-n_spaces:]) if n_spaces else (context, "")
-        ctx = self.encode(context)
-        return ctx, [self.encode(context + lead + c)[len(ctx):] for c in choices]
+        heads, leads = [], []
+        for context in contexts:
+            n_spaces = len(context) - len(context.rstrip(" "))
+            heads.append(context[:-n_spaces] if n_spaces else context)
+            leads.append(context[len(heads[-1]):])
+        ctx_ids = self.tok(heads, add_special_tokens=False)["input_ids"]
+        k = len(choices)
+        conts = self._continuations_from_last_line(heads, leads, choices, ctx_ids)
+        if conts is None:
+            full = self.tok([h + lead + c for h, lead in zip(heads, leads) for c in choices],
+                            add_special_tokens=False)["input_ids"]
+            conts = [[f[len(ctx):] for f in full[i * k:(i + 1) * k]] for i, ctx in enumerate(ctx_ids)]
+        return list(zip(ctx_ids, conts))
 
-    def score_choices(self, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 8) -> list[list[float]]:
+    def _continuations_from_last_line(self, heads, leads, choices, ctx_ids) -> list[list[list[int]]] | None:
+        """Continuation ids from each context's last line instead of the whole text (five long encodes per
+        MMLU question were a sixth of a full MMLU run). Byte-level BPE tokenizers never merge across a
+        newline followed by a letter, so the last line tokenizes the same alone; that is checked for every
+        context, and the continuations for the first few against whole-text encoding. None: not applicable."""
+        lines = []
+        for h in heads:
+            cut = h.rfind("\n") + 1
+            if not 0 < cut < len(h) or not h[cut].isalpha():
+                return None
+            lines.append(h[cut:])
+        line_ids = self.tok(lines, add_special_tokens=False)["input_ids"]
+        if any(ctx[len(ctx) - len(li):] != li for ctx, li in zip(ctx_ids, line_ids)):
+            return None
+        k = len(choices)
+        tails = self.tok([li + lead + c for li, lead in zip(lines, leads) for c in choices],
+                         add_special_tokens=False)["input_ids"]
+        conts = [[t[len(li):] for t in tails[i * k:(i + 1) * k]] for i, li in enumerate(line_ids)]
+        sample = range(min(4, len(heads)))
+        full = self.tok([heads[i] + leads[i] + c for i in sample for c in choices],
+                        add_special_tokens=False)["input_ids"]
+        for i in sample:
+            for j in range(k):
+                f = full[i * k + j]
+                if f[:len(ctx_ids[i])] != ctx_ids[i] or f[len(ctx_ids[i]):] != conts[i][j]:
+                    return None
+        return conts
+
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str],
+                      batch_size: int | None = None) -> list[list[float]]:
         """log P(choice | prompt) for each prompt and choice, summed over the choice's tokens.
 
         When every choice is a single token (MMLU's letters), each prompt takes one forward pass
-        and all choices are read from the same next-token distribution.
+        and all choices are read from the same next-token distribution; prompts that share a long
+        start (a subject's few-shot examples) compute it once (lab.prefix). `batch_size` None: as
+        many rows as free GPU memory holds (8 on a CPU).
         """
-        split = [self._split_choices(p, choices) for p in prompts]
+        split = self._split_choices(prompts, choices)
         if all(len(cont) == 1 for _, conts in split for cont in conts):
             return self._score_next_token([(ctx, [c[0] for c in conts]) for ctx, conts in split], batch_size)
         flat = [(ctx, cont) for ctx, conts in split for cont in conts]
-        scores = self._score_sequences(flat, batch_size)
+        scores = self._score_sequences(flat, batch_size or 8)
         k = len(choices)
         return [scores[i * k:(i + 1) * k] for i in range(len(prompts))]
 
@@ -331,14 +483,58 @@ class HFModel:
                                 logits_to_keep=keep, use_cache=False).logits
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def _score_next_token(self, rows: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[float]]:
-        out: list[list[float]] = []
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            logp = self._forward_last([ctx for ctx, _ in batch], keep=1)[:, -1]
-            for i, (_, cands) in enumerate(batch):
-                out.append(logp[i, cands].tolist())
+    def _score_next_token(self, rows: list[tuple[list[int], list[int]]],
+                          batch_size: int | None) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in rows]
+        ctxs = [ctx for ctx, _ in rows]
+        for shared, idx in prefix_groups(ctxs):
+            idx.sort(key=lambda i: len(ctxs[i]))  # similar lengths together: less padding
+            cap = batch_size  # None: sized by free memory, per batch; an out-of-memory halves it for this group
+            start = 0
+            while start < len(idx):
+                n = self._scoring_rows(ctxs, idx, start, shared, cap)
+                part = idx[start:start + n]
+                try:
+                    if shared:
+                        with self._lock, torch.inference_mode():
+                            if self._prefix is None:
+                                self._prefix = PrefixScorer(self.model, self.pad_id)
+                            kv = self._prefix.prefix_kv(ctxs[part[0]][:shared])
+                            logp = self._prefix.next_logprobs(kv, shared, [ctxs[i][shared:] for i in part])
+                    else:
+                        logp = self._forward_last([ctxs[i] for i in part], keep=1)[:, -1]
+                    cands = torch.tensor([rows[i][1] for i in part], device=logp.device)
+                    picked = logp.gather(1, cands).tolist()  # one copy to the host per batch
+                except torch.OutOfMemoryError:
+                    runtime.release_gpu_memory()
+                    if len(part) == 1:
+                        raise _user_error(torch.OutOfMemoryError(), self.info.name) from None
+                    cap = max(1, len(part) // 2)
+                    continue
+                for i, values in zip(part, picked):
+                    out[i] = values
+                start += len(part)
         return out
+
+    def _scoring_rows(self, ctxs: list[list[int]], idx: list[int], start: int, shared: int, cap: int | None) -> int:
+        """How many of idx[start:] (sorted by length) to score in one forward pass."""
+        if self.device.type != "cuda":
+            return cap or 8
+        n = min(cap or 256, len(idx) - start)
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2  # bytes per cached token
+        free = 0.6 * (runtime.gpu_free_bytes() or 0)
+        while n > 1:
+            longest = len(ctxs[idx[start + n - 1]])  # the batch's longest row: it sets the padded width
+            own = longest - shared
+            # the prefix copied for each row (three times: cache, concatenation, attention) and the
+            # row's own tokens' activations; one float32 row of logits
+            per_row = 3 * longest * kv + own * (16 * cfg.hidden_size + 6 * cfg.intermediate_size) + 8 * cfg.vocab_size
+            if n * per_row <= free:
+                break
+            n = max(1, int(free // per_row))
+        return max(1, n)
 
     def _score_sequences(self, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
         out: list[float] = [0.0] * len(pairs)
@@ -360,13 +556,19 @@ class HFModel:
         """Drop the weights so their memory (GPU included) goes back; the object is unusable after."""
         with self._lock:
             self.model = None
+            self._fast = self._prefix = None
+        self._worker.shutdown(wait=False)
         runtime.release_gpu_memory()
+
+
+class OutOfMemory(LabError):
+    """A request ran out of GPU memory (the model is still loaded and usable)."""
 
 
 def _user_error(e: BaseException, name: str) -> BaseException:
     if isinstance(e, torch.OutOfMemoryError):
         runtime.release_gpu_memory()
-        return LabError(
+        return OutOfMemory(
             f"{name} ran out of GPU memory on this request; lower max new tokens or shorten the conversation."
         )
     return e

@@ -3,6 +3,7 @@
 Cases:
   chat         the chat path per quantization: weight and peak memory, time to first token, decode tok/s
   structured   decode speed with and without the JSON-mode grammar constraint
+  fast         the fast paths (lab.fast, lab.prefix) against plain Transformers, and the agreement checks
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--append", action="store_true", help="add rows to the results already in --out")
     _case(sub, "structured", "what JSON mode costs in decode speed", shape="tiny", quants="fp32", prompt_tokens=128,
           repeats=5)
+    f = _case(sub, "fast", "fast paths vs plain generate()/lm-eval, with agreement checks", shape="7b",
+              quants="bf16,4bit,8bit", prompt_tokens=512, repeats=3)
+    f.add_argument("--cases", default="agree,chat,memory,compare,humaneval,mmlu",
+                   help="comma-separated: chat, memory, compare, humaneval, mmlu, agree (with fp32 among --quants: "
+                        "the float32 exactness checks)")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     try:
@@ -46,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             from lab.bench.chat import run
 
             return run(args)
+        if args.case == "fast":
+            from lab.bench.fast import run as run_fast
+
+            return run_fast(args)
         if args.case == "structured":
             from lab.bench.structured import run as run_structured
 

@@ -1,0 +1,190 @@
+"""The fast paths give the plain path's answers (tiny-random, float32, on the CPU).
+
+- `lab.fast`: teacher-forced next-token logits of the static-cache decoder equal a plain forward pass
+  over the same tokens, for one row and for left-padded rows of different lengths; greedy decoding
+  gives `generate()`'s tokens.
+- `lab.prefix`: letters scored with a shared few-shot prefix computed once equal one forward pass
+  over each whole prompt, on real 5-shot MMLU prompts.
+The GPU versions of these checks (7B shape, bf16/NF4) are in `lab/bench/fast.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lab import fast
+from lab.backend import SamplingParams
+from lab.prefix import MIN_PREFIX, prefix_groups
+
+
+def plain_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.model(torch.tensor([ids])).logits[0].float()
+
+
+def teacher_forced(model, rows: list[list[int]], forced: list[list[int]]) -> list[torch.Tensor]:
+    """Logits the static decoder gives after each prompt and after each forced token."""
+    dec = fast.StaticDecoder(model.model, batch=len(rows), max_len=256, graphs=False)
+    out = [[] for _ in rows]
+    with torch.inference_mode():
+        logits = dec.prefill(rows)
+        for step in range(len(forced[0])):
+            for i in range(len(rows)):
+                out[i].append(logits[i].clone())
+            dec.ids[:, 0] = torch.tensor([f[step] for f in forced])
+            logits = dec.step()
+    return [torch.stack(o) for o in out]
+
+
+def test_static_decoder_matches_a_plain_forward_pass(tiny):
+    prompt = tiny.encode(tiny.render([{"role": "user", "content": "Tell me about the sea."}]))
+    forced = tiny.encode(" The sea is wide, blue and deep; 海很深。" * 2)[:24]
+    got = teacher_forced(tiny, [prompt], [forced])[0]
+    want = plain_logits(tiny, prompt + forced)[len(prompt) - 1:len(prompt) - 1 + len(forced)]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_static_decoder_left_pads_rows_of_different_lengths(tiny):
+    a = tiny.encode("A short prompt")
+    b = tiny.encode("A much longer prompt that pads the other row on the left, by several tokens")
+    forced = [tiny.encode(" one two three four five six seven")[:5], tiny.encode(" eight nine ten eleven twelve")[:5]]
+    got = teacher_forced(tiny, [a, b], forced)
+    for prompt, f, g in zip((a, b), forced, got):
+        want = plain_logits(tiny, prompt + f)[len(prompt) - 1:len(prompt) - 1 + len(f)]
+        assert torch.allclose(g, want, atol=1e-4, rtol=1e-4), (g - want).abs().max()
+        assert (g.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("in_graph", [True, False], ids=["graph-sampler", "eager-sampler"])
+def test_greedy_decode_gives_generate_tokens(tiny, in_graph):
+    rows = [tiny.encode(tiny.render([{"role": "user", "content": q}])) for q in ("Hi", "What is 2+2? Explain.")]
+    params = SamplingParams(temperature=0, repetition_penalty=1.3, max_new_tokens=20)
+    dec = fast.StaticDecoder(tiny.model, batch=3, max_len=256, eos_ids=tiny.eos_ids, pad_id=tiny.pad_id, graphs=False)
+    sampler = fast.Sampler(params, tiny.eos_ids)
+    assert sampler.in_graph
+    sampler.in_graph = in_graph
+    seen = []
+    got = fast.decode(dec, rows, sampler, 20, tiny.eos_ids, tiny.pad_id, on_tokens=lambda t: seen.append(t))
+    for row, new in zip(rows, got.tokens):
+        ids = torch.tensor([row])
+        with torch.no_grad():
+            ref = tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      **tiny._generation_kwargs(params))[0, len(row):].tolist()
+        ref = ref[:next((i + 1 for i, t in enumerate(ref) if t in tiny.eos_ids), len(ref))]
+        assert new == ref
+    assert len(seen) == max(len(t) for t in got.tokens)  # every step reached the host, in order
+
+
+@torch.inference_mode()
+def test_graph_sampler_draws_from_the_top_k_top_p_distribution(tiny):
+    dec = fast.StaticDecoder(tiny.model, batch=64, max_len=16, eos_ids=[7], pad_id=0, graphs=False)
+    logits = torch.full((64, dec.logits_buf.shape[1]), -30.0)
+    logits[:, [3, 4, 5]] = torch.tensor([0.5, 0.3, 0.2]).log()
+    torch.manual_seed(0)
+    for params, want in ((SamplingParams(temperature=1.0, top_k=20, top_p=1.0, repetition_penalty=1.0),
+                          {3: 0.5, 4: 0.3, 5: 0.2}),
+                         (SamplingParams(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=1.0),
+                          {3: 0.625, 4: 0.375}),
+                         (SamplingParams(temperature=1.0, top_k=20, top_p=0.6, repetition_penalty=1.0),
+                          {3: 0.625, 4: 0.375})):
+        counts: dict[int, int] = {}
+        dec.set_sampling(params, [[1]] * 64)
+        for _ in range(40):
+            dec.logits_buf.copy_(logits)
+            dec.done.zero_()
+            dec._sample()
+            for t in dec.next.tolist():
+                counts[t] = counts.get(t, 0) + 1
+        assert set(counts) == set(want), counts
+        for t, p in want.items():
+            assert abs(counts[t] / 2560 - p) < 0.04, (params, counts)
+
+
+@torch.inference_mode()
+def test_graph_sampler_penalises_seen_tokens_and_blocks_end_of_turn(tiny):
+    dec = fast.StaticDecoder(tiny.model, batch=1, max_len=16, eos_ids=[3], pad_id=0, graphs=False)
+    logits = torch.full((1, dec.logits_buf.shape[1]), -30.0)
+    logits[0, [3, 4, 5]] = torch.tensor([5.0, 2.0, 1.9])
+    dec.set_sampling(SamplingParams(temperature=0, repetition_penalty=1.2, ignore_eos=True, max_new_tokens=4), [[4]])
+    dec.logits_buf.copy_(logits)
+    dec._sample()
+    assert dec.next.item() == 5  # 3 is blocked, 4 was seen: 2.0 / 1.2 < 1.9
+    dec.set_sampling(SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=4), [[4]])
+    dec.logits_buf.copy_(logits)
+    dec._sample()
+    assert dec.next.item() == 3 and dec.done.item()  # end of turn: the row is finished and pads from now on
+    dec.logits_buf.copy_(logits)
+    dec._sample()
+    assert dec.next.item() == 0
+
+
+def test_sampler_never_ends_before_min_new_tokens(tiny):
+    params = SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True)
+    logits = torch.zeros(1, 50)
+    logits[0, tiny.eos_ids[0] % 50] = 10.0
+    s = fast.Sampler(params, [tiny.eos_ids[0] % 50])
+    assert s(torch.zeros(1, 1, dtype=torch.long), logits, 0).item() != tiny.eos_ids[0] % 50
+    assert s(torch.zeros(1, 1, dtype=torch.long), logits, 5).item() == tiny.eos_ids[0] % 50
+
+
+def test_prefix_groups_join_rows_sharing_a_long_start():
+    shot = list(range(100, 100 + 2 * MIN_PREFIX))
+    other = list(range(500, 500 + 2 * MIN_PREFIX))
+    rows = [shot + [1, 2], other + [3], shot + [4, 5, 6], [7, 8], other + [9, 9]]
+    groups = {tuple(sorted(idx)): n for n, idx in prefix_groups(rows)}
+    assert groups == {(0, 2): len(shot), (1, 4): len(other), (3,): 0}
+    # a whole prompt that is another's start keeps one token of its own
+    assert prefix_groups([shot, shot + [1]]) == [(len(shot) - 1, [0, 1])]
+
+
+@pytest.mark.slow
+def test_shared_prefix_scores_equal_whole_prompt_scores(tiny, data_dir, tmp_path):
+    from lab.eval.runner import EvalRequest, Runner
+    from lab.eval.store import RunStore
+
+    req = EvalRequest("mmlu", subjects=["anatomy", "astronomy"], limit=24, shots=5, seed=3)
+    plan = Runner(RunStore.open(tmp_path)).plan(req)
+    prompts = [it.prompt for it in plan.items]
+    letters = [" A", " B", " C", " D"]
+    assert any(n for n, idx in prefix_groups([tiny.encode(p) for p in prompts]) if len(idx) > 1)
+    got = torch.tensor(tiny.score_choices(prompts, letters, batch_size=5))
+    rows = [(ctx, [c[0] for c in conts]) for ctx, conts in tiny._split_choices(prompts, letters)]
+    want = torch.tensor([tiny._forward_last([ctx], keep=1)[0, -1, cands].tolist() for ctx, cands in rows])
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_compare_rows_through_the_fast_path_match_generate(tiny, monkeypatch):
+    """On CUDA `stream_many` decodes through lab.fast with each row's settings in the graph; here the same
+    code runs eagerly on the CPU and must give what the batched generate() path gives for greedy rows."""
+    prompts = [[{"role": "user", "content": q}] for q in ("Name a colour.", "Count to five, slowly please.")]
+    params = [SamplingParams(temperature=0, repetition_penalty=1.2, max_new_tokens=12),
+              SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=6)]
+
+    def texts() -> list[str]:
+        out = ["", ""]
+        for row, chunk in tiny.stream_many(prompts, params):
+            out[row] += chunk.text
+        return out
+
+    plain = texts()
+    monkeypatch.setattr(tiny, "fast_off_reason", None)
+    monkeypatch.setattr(tiny, "_fast", None)
+    calls = []
+    monkeypatch.setattr(tiny.model, "generate", lambda *a, **k: calls.append(1))
+    assert texts() == plain and not calls
+
+
+@pytest.mark.parametrize("benchmark", ["mmlu", "ceval"])
+def test_continuations_from_the_last_line_equal_whole_text_encoding(tiny, data_dir, tmp_path, benchmark):
+    from lab.eval.runner import EvalRequest, Runner
+    from lab.eval.store import RunStore
+
+    items = Runner(RunStore.open(tmp_path)).plan(EvalRequest(benchmark, shots=5, limit=300, seed=5)).items
+    prompts = [it.prompt for it in items]
+    letters = [" A", " B", " C", " D"]
+    got = tiny._split_choices(prompts, letters)
+    for p, (ctx, conts) in zip(prompts, got):
+        assert ctx == tiny.encode(p.rstrip(" "))
+        assert conts == [tiny.encode(p + c.lstrip(" ") if p.endswith(" ") else p + c)[len(ctx):] for c in letters]
