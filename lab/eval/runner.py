@@ -49,6 +49,10 @@ class EvalRequest:
     max_new_tokens: int | None = None  # default: 512 for code, 256 for gen
     timeout_s: float | None = None  # code: per program; default: the spec's (10 s)
     workers: int | None = None  # code: parallel sandbox processes; default: CPU count
+    # choice gen and code instruct modes (the Compare tab's variants): the system message ("" drops it) and
+    # a template whose {input} slot wraps each user message the benchmark builds; None keeps prompts/evals.yaml's
+    system: str | None = None
+    template: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +119,11 @@ class Runner:
         mode = req.mode or spec.default_mode
         if mode not in spec.modes:
             raise LabError(f"{spec.title} has no mode '{mode}'; choose {' or '.join(spec.modes)}.")
+        if (req.system is not None or req.template is not None) and mode not in ("gen", "instruct"):
+            raise LabError(f"A system prompt or template applies to chat prompts only; use mode gen or instruct, "
+                           f"not {mode}.")
+        if req.template is not None and "{input}" not in req.template:
+            raise LabError("The template needs an {input} slot where the benchmark's question goes.")
         if req.limit is not None and req.limit < 1:
             raise LabError(f"The limit must be at least 1, got {req.limit}.")
         ds = Dataset(spec, req.data_dir)
@@ -154,7 +163,8 @@ class Runner:
             if mode == "logprob":
                 prompt = choice.logprob_prompt(q, dev, ds.subject_name(q.subject), template, spec.choices)
             else:
-                prompt = choice.gen_messages(q, dev, ds.subject_name(q.subject), template, spec.choices)
+                prompt = _customize(choice.gen_messages(q, dev, ds.subject_name(q.subject), template, spec.choices),
+                                    req)
             items.append(Item(q.key, q.subject, q.answer, q, prompt))
         return Plan(spec, req, mode, shots, _numbered(items), ds.source, groups)
 
@@ -189,7 +199,8 @@ class Runner:
         items = []
         for p in chosen:
             if mode == "instruct":
-                prompt = code.instruct_messages(p, template["instruct_user"], template.get("instruct_system"))
+                prompt = _customize(code.instruct_messages(p, template["instruct_user"],
+                                                           template.get("instruct_system")), req)
             else:
                 prompt = code.completion_prompt(p)
             items += [Item(f"{p.task_id}#{j}", p.task_id, None, (p, j), prompt) for j in range(n)]
@@ -374,6 +385,17 @@ class Runner:
         if spec.kind == "code":
             return report.summarize_code(samples)
         return report.summarize_choice(samples, groups)
+
+
+def _customize(messages: list[dict], req: EvalRequest) -> list[dict]:
+    """The request's system prompt (set, replaced, or dropped when "") and template around each user message."""
+    if req.system is not None:
+        messages = [m for m in messages if m["role"] != "system"]
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + messages
+    if req.template is not None:  # str.replace: questions and code are full of braces
+        messages = [{**m, "content": req.template.replace("{input}", m["content"])} if m["role"] == "user" else m
+                    for m in messages]
+    return messages
 
 
 def _limits(spec: Spec, req: EvalRequest) -> sandbox.Limits:

@@ -10,6 +10,7 @@ import gradio as gr
 
 from lab.session import ModelManager
 from lab.ui.chat_tab import build_chat_tab
+from lab.ui.compare_tab import build_compare_tab
 from lab.ui.eval_tab import build_eval_tab
 
 CSS = """
@@ -25,6 +26,8 @@ def build_app(manager: ModelManager) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab(manager)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                build_compare_tab(manager, compare_tab)
             with gr.Tab("Evaluate", id="evaluate") as eval_tab:
                 build_eval_tab(manager, eval_tab)
     demo.queue(default_concurrency_limit=1)  # one generation at a time per model; others wait in line
