@@ -4,10 +4,11 @@
     model = load_model("Qwen2.5-7B-Instruct", quant="4bit")   # CUDA + bitsandbytes
     model = load_model("tiny-random")                         # offline, any CPU
     model = load_model("/path/to/checkpoint")                 # a local Transformers checkpoint
+    model = load_model("openai:http://127.0.0.1:8000/v1#Qwen2.5-7B-Instruct")   # a server (lab.remote)
 
 A model is named by a registry name (case-insensitive), a Hugging Face Hub id (`owner/name`),
-or a local checkpoint directory. Weights come from the local Hugging Face cache first and are
-downloaded only when missing.
+a local checkpoint directory, or `openai:BASE_URL#MODEL` for one behind an OpenAI-compatible server.
+Weights come from the local Hugging Face cache first and are downloaded only when missing.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def resolve_spec(name: str | None, device: str) -> ModelSpec:
     """Turn what the user typed into a ModelSpec, or say in one sentence why it cannot be."""
     if not name:
         return REGISTRY[DEFAULT_CUDA if device == "cuda" else DEFAULT_CPU]
+    if name.strip().startswith("openai:"):  # served elsewhere: lab.remote reaches it
+        return ModelSpec(name=name.strip())
     key = name.strip().casefold()
     for spec in REGISTRY.values():
         if key in (spec.name.casefold(), (spec.hub_id or "").casefold()):
@@ -183,12 +186,20 @@ def checkpoint_bytes(path: str | Path) -> int:
 
 
 def load_model(name: str | None = None, quant: str = "auto", device: str = "auto", double_quant: bool = True,
-               context: int | None = None):
-    """Load a model for chat, evaluation and scoring; returns a `lab.hf.HFModel`.
+               context: int | None = None, api_key: str | None = None):
+    """Load a model for chat, evaluation and scoring; returns a `lab.hf.HFModel`, or for `openai:BASE_URL#MODEL`
+    a `lab.remote.RemoteModel` (`api_key`, else LAB_API_KEY or OPENAI_API_KEY).
 
     `context` caps the token budget below the model's own context, or stretches it past that with YaRN."""
     if context is not None and context < MIN_CONTEXT:
         raise LabError(f"--context must be at least {MIN_CONTEXT} tokens, got {context}.")
+    if name and name.strip().startswith("openai:"):
+        if quant not in ("auto", "remote"):
+            raise LabError(f"--quant {quant} applies to models loaded here; the server behind {name.strip()} "
+                           "chooses its own, so leave --quant out.")
+        from lab.remote import connect
+
+        return connect(name, api_key=api_key, context=context)
     device = pick_device(device)
     spec = resolve_spec(name, device)
     check_quant_possible(quant, device)  # before downloading gigabytes

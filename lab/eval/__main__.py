@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--runs-dir", help="folder of the run history database lab.db (default runs/, LAB_RUNS_DIR)")
     for name in BENCHMARKS:
         b = sub.add_parser(name, parents=[common], help=f"evaluate a model on {name}")
-        b.add_argument("--model", help="registry name, Hub id or local checkpoint (default: as app.py)")
+        b.add_argument("--model", help="registry name, Hub id, local checkpoint, or openai:BASE_URL#MODEL for an "
+                                       "OpenAI-compatible server (default: as app.py)")
+        b.add_argument("--api-key", help="key for an openai: server (default LAB_API_KEY, else OPENAI_API_KEY)")
         b.add_argument("--quant", default="auto", choices=QUANTS)
         b.add_argument("--device", default="auto", choices=DEVICES)
         b.add_argument("--mode", help="mmlu/ceval: logprob (default) or gen; humaneval: instruct (default) "
@@ -147,9 +149,12 @@ def _load(args, store: RunStore):
     model, quant = args.model, args.quant
     if args.resume:
         run = store.get(args.resume)
-        model = model or run.params.get("model", {}).get("name") or run.model
+        recorded = run.params.get("model", {})
+        if run.quant == "remote" and not model:  # a server's model: the same server again
+            model = f"openai:{recorded.get('source')}#{recorded.get('name') or run.model}"
+        model = model or recorded.get("name") or run.model
         quant = run.quant if quant == "auto" else quant
-    return load_model(model, quant=quant, device=args.device)
+    return load_model(model, quant=quant, device=args.device, api_key=args.api_key)
 
 
 def _list(args, store: RunStore) -> int:
