@@ -28,11 +28,13 @@ from lab.prompts import system_presets
 from lab.session import LoadRequest, ModelManager
 from lab.toolcalls import tool_message
 from lab.ui.chat_tools import Structured, build_panels, build_settings, call_of, display, panels
+from lab.zerogpu import gpu
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
 DEFAULTS = SamplingParams()  # Qwen2.5-Instruct's own sampling defaults
+GPU_SECONDS = 120  # ZeroGPU: how long one reply may hold the GPU (a Space owner can lower max new tokens)
 STATS_HEADERS = ["#", "prompt tok", "completion tok", "first token ms", "tok/s", "GPU peak GiB", "seed", "finish"]
 
 
@@ -192,6 +194,11 @@ def build_chat_tab(manager: ModelManager) -> None:
                 yield display(conv.messages), conv, text, "", stats_rows(conv)
             raise gr.Error(str(e)) from None
 
+    # ZeroGPU runs the @gpu functions in a GPU worker process (arguments and results pickled); elsewhere
+    # they are unchanged. edit() itself stays here, as its EditData does not pickle: only its reply goes.
+    run_on_gpu = gpu(duration=GPU_SECONDS)(run)
+
+    @gpu(duration=GPU_SECONDS)
     def send(text: str, conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
              repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool, json_schema: str,
              tools: str, request: gr.Request):
@@ -205,6 +212,7 @@ def build_chat_tab(manager: ModelManager) -> None:
         yield display(conv.messages), conv, "", "generating…", gr.skip()
         yield from run(conv, system_prompt, values, request.session_hash, restore_on_error=n)
 
+    @gpu(duration=GPU_SECONDS)
     def regenerate(conv: Conversation, system_prompt: str, temperature: float, top_p: float, top_k: int,
                    repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool, json_schema: str,
                    tools: str, request: gr.Request):
@@ -230,8 +238,9 @@ def build_chat_tab(manager: ModelManager) -> None:
         conv.messages[i] = {"role": "user", "content": edited_text(evt.value)}
         conv.truncate(i + 1)  # the replies after an edited message no longer answer it
         yield display(conv.messages), conv, gr.skip(), "generating…", stats_rows(conv)
-        yield from run(conv, system_prompt, values, request.session_hash)
+        yield from run_on_gpu(conv, system_prompt, values, request.session_hash)
 
+    @gpu(duration=GPU_SECONDS)
     def send_tool_result(text: str, conv: Conversation, system_prompt: str, temperature: float, top_p: float,
                          top_k: int, repetition_penalty: float, max_new_tokens: int, seed: int, json_mode: bool,
                          json_schema: str, tools: str, request: gr.Request):
@@ -332,6 +341,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 yield text, None
         yield conv.stats[len(conv.messages) - 1].get("raw", conv.messages[-1]["content"]), conv
 
+    @gpu(duration=GPU_SECONDS)
     def chat(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
              temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p, top_k: int = DEFAULTS.top_k,
              repetition_penalty: float = DEFAULTS.repetition_penalty, max_new_tokens: int = DEFAULTS.max_new_tokens,
@@ -349,6 +359,7 @@ def build_chat_tab(manager: ModelManager) -> None:
 
     gr.api(chat, api_name="chat")
 
+    @gpu(duration=GPU_SECONDS)
     def chat_structured(message: str, history: list[dict] | None = None, system_prompt: str = presets[DEFAULT_PRESET],
                         json_mode: bool = False, json_schema: str = "", tools: str = "",
                         temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p,

@@ -28,11 +28,14 @@ from lab.eval.runner import DEFAULT_SEED, EvalRequest, Progress, Runner
 from lab.eval.spec import BENCHMARKS, load_spec
 from lab.eval.store import RunStore
 from lab.session import ModelManager
+from lab.spaces import EVAL_NOTICE, cap_limit
 from lab.ui import eval_views as views
 from lab.ui.chat_tab import SessionCancels
+from lab.zerogpu import gpu, on_space
 
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
+GPU_SECONDS = 180  # ZeroGPU: how long one run may hold the GPU (a Space caps runs at 100 questions / 20 problems)
 POLL_S = 1.0  # without news from the runner, the elapsed time still ticks once a second
 _DONE = object()
 
@@ -74,6 +77,8 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             model_md = gr.Markdown(model_markdown(), elem_id="eval-model")
+            if on_space():
+                gr.Markdown(f"ℹ️ {EVAL_NOTICE}", elem_id="eval-space-notice")
             benchmark = gr.Dropdown(list(BENCHMARKS), value=first.name, label="Benchmark", elem_id="eval-benchmark")
             subset = gr.Dropdown(views.subset_choices(first.name), value=views.NO_SUBSET, label="Subset",
                                  allow_custom_value=True, elem_id="eval-subset")
@@ -199,14 +204,22 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         many items drawn with the seed, 0 or empty for all."""
         try:
             req = request_from_form(benchmark, subset, mode, shots, limit, seed)
-            model = manager.model
-            runner = Runner(store())
-            runner.plan(req)  # a bad request ends here, in one sentence, before a run is recorded
+            manager.model  # no model loaded: the sentence that says so, before a GPU is asked for
+            plan = Runner(store()).plan(req)  # a bad request ends here, in one sentence, before a run is recorded
         except LabError as e:
             yield from refuse(e)
             return
-        yield from watch(lambda on_progress, cancel: runner.run(model, req, on_progress, cancel),
-                         req.benchmark, request.session_hash)
+        if on_space():  # a shared GPU: small samples only, and the page says so
+            req.limit, notice = cap_limit(plan.spec.kind, plan.spec.title, len(plan.items), req.limit)
+            if notice:
+                gr.Warning(notice)
+        yield from run_on_gpu(req, request.session_hash)
+
+    @gpu(duration=GPU_SECONDS)
+    def run_on_gpu(req: EvalRequest, key: str):
+        """The GPU part of /evaluate (a ZeroGPU worker process on such a Space): run the request."""
+        runner, model = Runner(store()), manager.model
+        yield from watch(lambda on_progress, cancel: runner.run(model, req, on_progress, cancel), req.benchmark, key)
 
     def resume(run_id: str | None, request: gr.Request):
         """Finish an unfinished run (cancelled, or cut off) with the model that started it."""
@@ -214,13 +227,16 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
             if not run_id:
                 raise LabError("Pick a run in the history first, then press Resume.")
             run = store().get(run_id)
-            model = manager.model
+            manager.model  # no model loaded: the sentence that says so, before a GPU is asked for
         except LabError as e:
             yield from refuse(e)
             return
-        runner = Runner(store())
-        yield from watch(lambda on_progress, cancel: runner.resume(model, run.id, on_progress, cancel),
-                         run.benchmark, request.session_hash)
+        yield from resume_on_gpu(run.id, run.benchmark, request.session_hash)
+
+    @gpu(duration=GPU_SECONDS)
+    def resume_on_gpu(run_id: str, bench: str, key: str):
+        runner, model = Runner(store()), manager.model
+        yield from watch(lambda on_progress, cancel: runner.resume(model, run_id, on_progress, cancel), bench, key)
 
     def cancel(request: gr.Request) -> None:
         cancels.stop(request.session_hash)
