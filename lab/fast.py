@@ -141,6 +141,13 @@ class StaticDecoder:
         self.graph, self.logits = self._capture(self._forward)
         self.graph_sampled, _ = self._capture(self._sample_step, pool=self.graph.pool())
 
+    def release(self) -> None:
+        """Let go of the graphs (they own a memory pool), the compiled functions and the buffers."""
+        self.graph = self.graph_sampled = self.logits = None
+        self._forward = self._sampler = None
+        self.k, self.v = [], []
+        self.model = self.layers = None
+
     # ---- the step ---------------------------------------------------------------------------
     def _step(self) -> torch.Tensor:
         """One token per row at slot `cur`; returns float32 logits [batch, vocab] and advances `cur`."""
@@ -500,7 +507,7 @@ class FastPath:
         key = (batch, length)
         if key not in self._decoders:
             while len(self._decoders) >= self.keep:  # drop the oldest shape's buffers and graph
-                self._decoders.pop(next(iter(self._decoders)))
+                self._decoders.pop(next(iter(self._decoders))).release()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self._decoders[key] = StaticDecoder(self.model, batch, length, self.eos_ids, self.pad_id)
@@ -509,4 +516,10 @@ class FastPath:
         return self._decoders[key]
 
     def clear(self) -> None:
+        """Drop every decoder: its buffers, graphs and compiled step (switching models must free them)."""
+        compiled = any(d.compiled for d in self._decoders.values())
+        for d in self._decoders.values():
+            d.release()
         self._decoders.clear()
+        if compiled:  # compiled code is cached globally and keeps references to what it was compiled with
+            torch._dynamo.reset()

@@ -555,6 +555,8 @@ class HFModel:
     def close(self) -> None:
         """Drop the weights so their memory (GPU included) goes back; the object is unusable after."""
         with self._lock:
+            if self._fast is not None:
+                self._fast.clear()
             self.model = None
             self._fast = self._prefix = None
         self._worker.shutdown(wait=False)

@@ -65,6 +65,8 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     page.fill("#cmp-name-1 input, #cmp-name-1 textarea", "terse")
     page.locator("#cmp-blind input").check()
     page.fill("#cmp-input textarea", INPUT)
+    for pane in (0, 1):  # the other edits re-render the form on a loaded machine: check the settings held
+        assert page.input_value(f"#cmp-max-new-{pane} input[type=number]") == "240"
     page.click("#cmp-run")
 
     # Both panes hold partial text while the one batched generation is still running.

@@ -188,3 +188,17 @@ def test_continuations_from_the_last_line_equal_whole_text_encoding(tiny, data_d
     for p, (ctx, conts) in zip(prompts, got):
         assert ctx == tiny.encode(p.rstrip(" "))
         assert conts == [tiny.encode(p + c.lstrip(" ") if p.endswith(" ") else p + c)[len(ctx):] for c in letters]
+
+
+def test_clearing_the_fast_path_lets_the_decoders_go(tiny):
+    import gc
+    import weakref
+
+    path = fast.FastPath(tiny.model, tiny.eos_ids, tiny.pad_id, keep=1)
+    first = weakref.ref(path.decoder(1, 64))
+    second = weakref.ref(path.decoder(2, 64))  # the oldest shape is evicted: keep=1
+    gc.collect()
+    assert first() is None and second() is not None
+    path.clear()
+    gc.collect()
+    assert second() is None
