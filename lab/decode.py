@@ -154,3 +154,8 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """`text` up to the first stop string, and whether one was found."""
     cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def finish_reason(ended: bool, cancelled: bool) -> str:
+    """Why a reply ended: "stop" (end of turn or a stop string), "cancelled", or "length" (max new tokens)."""
+    return "stop" if ended else "cancelled" if cancelled else "length"

@@ -22,7 +22,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsA
 
 from lab import fast, runtime
 from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, SamplingParams
-from lab.decode import CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop
+from lab.decode import (CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop,
+                        finish_reason)
 from lab.errors import LabError
 from lab.prefix import PrefixScorer, prefix_groups
 
@@ -344,16 +345,15 @@ class HFModel:
         for row, mask in zip(new, enc["attention_mask"].sum(dim=1).tolist()):
             end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             ids = row if end is None else row[: end + 1]
-            text, hit = cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), params.stop)
-            if end is not None or hit:
-                reason = "stop"
-            elif cancel.is_set():
-                reason = "cancelled"
-            else:
-                reason = "length"
-            results.append(Completion(text=text, prompt_tokens=int(mask), completion_tokens=len(ids),
-                                      finish_reason=reason))
+            results.append(self._completion(int(mask), ids, end is not None, params, cancel))
         return results
+
+    def _completion(self, n_prompt: int, ids: list[int], ended: bool, params: SamplingParams,
+                    cancel: threading.Event) -> Completion:
+        """A finished row of a batch: its text cut at the first stop string, and why it ended."""
+        text, hit = cut_at_stop(self.tok.decode(ids, skip_special_tokens=True), params.stop)
+        return Completion(text=text, prompt_tokens=n_prompt, completion_tokens=len(ids),
+                          finish_reason=finish_reason(ended or hit, cancel.is_set()))
 
     def _generate_fast(self, texts: list[str], params: SamplingParams, cancel: threading.Event, seed: int,
                        rows: int) -> list[Completion]:
@@ -380,13 +380,8 @@ class HFModel:
                                   on_tokens=on_tokens if params.stop else None)
             except BaseException as e:
                 raise _user_error(e, self.info.name) from e
-        results = []
-        for prompt, new, ended in zip(ids, res.tokens, res.finished):
-            text, hit = cut_at_stop(self.tok.decode(new, skip_special_tokens=True), params.stop)
-            reason = "stop" if ended or hit else "cancelled" if cancel.is_set() else "length"
-            results.append(Completion(text=text, prompt_tokens=len(prompt), completion_tokens=len(new),
-                                      finish_reason=reason))
-        return results
+        return [self._completion(len(prompt), new, ended, params, cancel)
+                for prompt, new, ended in zip(ids, res.tokens, res.finished)]
 
     def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
                     cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:

@@ -30,7 +30,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from lab.backend import SamplingParams
-from lab.decode import CancelOnEvent, cut_at_stop
+from lab.decode import CancelOnEvent, cut_at_stop, finish_reason
 
 MAX_TOP = 20  # as vLLM's default max_logprobs
 CHUNK = 256  # positions per slice of the output projection: a 2K-token prompt never holds 2K x vocab floats
@@ -258,11 +258,6 @@ def generate_with_logprobs(hf, prompt: str, params: SamplingParams, top: int = 0
     text, hit = cut_at_stop(full, params.stop)
     offsets = [len(hf.tok.decode(kept[:i], skip_special_tokens=True)) for i in range(len(kept))]
     n = sum(1 for o in offsets if o < len(text)) if hit else len(kept)  # tokens past a stop string go
-    if end is not None or hit:
-        reason = "stop"
-    elif cancel.is_set():
-        reason = "cancelled"
-    else:
-        reason = "length"
+    reason = finish_reason(end is not None or hit, cancel.is_set())
     logprobs = TokenLogprobs([pieces(t) for t in kept[:n]], kept[:n], chosen[:n], tops[:n], offsets[:n])
     return Generated(text, logprobs, len(ids), len(new) if end is None else end + 1, reason)

@@ -20,7 +20,7 @@ from itertools import combinations
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.eval.store import runs_dir
+from lab.eval.store import history_file, thread_connection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS votes (
@@ -67,22 +67,15 @@ class VoteStore:
 
     @classmethod
     def open(cls, directory: str | Path | None = None) -> "VoteStore":
-        d = runs_dir(directory)
+        path = history_file(directory, " for votes")
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            return cls(d / "lab.db")
-        except (OSError, sqlite3.DatabaseError) as e:
-            raise LabError(f"The run history {d / 'lab.db'} cannot be opened for votes ({e}); "
+            return cls(path)
+        except sqlite3.DatabaseError as e:
+            raise LabError(f"The run history {path} cannot be opened for votes ({e}); "
                            "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     def record(self, comparison) -> int:
         """Store a voted comparison (variants, input, outputs, the blind order, the vote, the time); its id."""

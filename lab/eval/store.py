@@ -132,6 +132,29 @@ class Run:
         return f"{self.id} · {self.benchmark}{sub} {self.mode} · {self.model} {self.quant or ''} · {when}"
 
 
+def history_file(directory: str | Path | None = None, what: str = "") -> Path:
+    """lab.db in the run-history folder, the folder created; one sentence when it cannot be."""
+    d = runs_dir(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabError(f"The run history {d / 'lab.db'} cannot be opened{what} ({e}); "
+                       "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
+    return d / "lab.db"
+
+
+def thread_connection(local: threading.local, path: Path) -> sqlite3.Connection:
+    """One connection per thread (the page reads while an evaluation thread writes), in WAL mode."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        local.conn = conn
+    return conn
+
+
 class RunStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -143,26 +166,16 @@ class RunStore:
 
     @classmethod
     def open(cls, directory: str | Path | None = None) -> "RunStore":
-        d = runs_dir(directory)
+        path = history_file(directory)
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            return cls(d / "lab.db")
-        except (OSError, sqlite3.DatabaseError) as e:
-            raise LabError(f"The run history {d / 'lab.db'} cannot be opened ({e}); "
+            return cls(path)
+        except sqlite3.DatabaseError as e:
+            raise LabError(f"The run history {path} cannot be opened ({e}); "
                            "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
 
     def _conn(self) -> sqlite3.Connection:
-        # One connection per thread: the page reads while an evaluation thread writes.
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
-    # ---- writing ------------------------------------------------------------------------
     def create_run(self, *, benchmark: str, mode: str, model: str, params: dict, n_total: int,
                    subset: str | None = None, shots: int | None = None, quant: str | None = None,
                    data_source: str | None = None, versions: dict | None = None, seed: int | None = None) -> str:
