@@ -41,7 +41,7 @@ def data_dir() -> Path:
     value = os.environ.get("LAB_DATA_DIR")
     if not value or not Path(value).is_dir():
         _require("LAB_REQUIRE_DATA", "LAB_DATA_DIR does not name the benchmark data folder")
-    return Path(value)
+    return Path(value).resolve()  # absolute: tests hand it to programs started in other folders
 
 
 @pytest.fixture(scope="session")
