@@ -9,11 +9,13 @@ of the time (13-35 tok/s for a 7B model whose weights it can read 200 times a se
   is exactly the plain path's), and its keys and values are copied into preallocated buffers;
 - every later token runs `_step()`: the same modules (embeddings, norms, projections, MLPs — so
   bitsandbytes' NF4 layers work unchanged), attention written out here over the fixed buffers, with
-  the slot being written held in a device tensor. Nothing in it depends on host values, so on CUDA
-  it is captured once as a CUDA graph and replayed: one launch per token;
-- sampling (repetition penalty, JSON-mode grammar, temperature/top-k/top-p) runs on the logits
-  between steps, eagerly, with the same processors as the plain path;
-- the host asks for token n while the GPU already computes token n+1, so the per-token host work
+  the slot being written held in a device tensor, q/k/v and gate/up each one matmul. Nothing in it
+  depends on host values, so on CUDA it is compiled (`torch.compile` fuses the ~70 small kernels per
+  layer) and captured once as a CUDA graph: one launch per token;
+- sampling (repetition penalty, temperature, top-k, top-p; each row its own settings) runs inside the
+  same graph (`_sample`); JSON mode's grammar needs the host every step, so it, and top-k off, use
+  the plain path's processors between replays (`Sampler`);
+- the host reads token n while the GPU already computes token n+1, so the per-token host work
   (copy, detokenize, stop strings, streaming) overlaps the GPU instead of adding to it.
 
 Rows of a batch are left-padded: row b's tokens sit in slots pad[b].. and its position ids count
