@@ -202,3 +202,57 @@ def test_clearing_the_fast_path_lets_the_decoders_go(tiny):
     path.clear()
     gc.collect()
     assert second() is None
+
+
+@pytest.fixture
+def fast_tiny(tiny, monkeypatch):
+    """tiny-random with the fast path switched on, as on CUDA (here without graphs), and generate() banned."""
+    monkeypatch.setattr(tiny, "fast_off_reason", None)
+    monkeypatch.setattr(tiny, "_fast", None)
+
+    def banned(*args, **kwargs):
+        raise AssertionError("the fast path must not fall back to generate()")
+
+    monkeypatch.setattr(tiny.model, "generate", banned)
+    yield tiny
+    if tiny._fast is not None:
+        tiny._fast.clear()
+
+
+ASK = [{"role": "user", "content": "Describe a student as JSON with a name and a list of integer scores."}]
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"},
+                                           "scores": {"type": "array", "items": {"type": "integer"}}},
+          "required": ["name", "scores"]}
+
+
+def test_json_mode_through_the_fast_path_parses_and_validates(fast_tiny):
+    import json
+
+    from lab.structured import response_format, validate
+
+    fmt = response_format(True, json.dumps(SCHEMA))
+    for seed in range(3):
+        chunks = list(fast_tiny.stream_chat(ASK, SamplingParams(seed=seed, max_new_tokens=96, response_format=fmt)))
+        text = "".join(c.text for c in chunks)
+        assert validate(text, fmt).valid, text
+    small = list(fast_tiny.stream_chat(ASK, SamplingParams(seed=1, max_new_tokens=40, response_format=fmt)))
+    assert validate("".join(c.text for c in small), fmt).valid and small[-1].stats.closed_early
+    for out in fast_tiny.generate([ASK, ASK + [{"role": "user", "content": "again"}]],
+                                  SamplingParams(temperature=0, max_new_tokens=96, response_format=fmt)):
+        assert validate(out.text, fmt).valid, out.text
+
+
+def test_page_replies_through_the_fast_path_count_stop_and_cancel(fast_tiny):
+    import threading
+
+    params = SamplingParams(max_new_tokens=24, seed=3, ignore_eos=True)  # the page's sampling defaults
+    chunks = list(fast_tiny.stream_chat(ASK, params))
+    stats = chunks[-1].stats
+    assert stats.completion_tokens == 24 and stats.finish_reason == "length" and stats.ttft_s > 0
+    assert "".join(c.text for c in chunks) == "".join(c.text for c in fast_tiny.stream_chat(ASK, params))  # seeded
+    cancel = threading.Event()
+    stream = fast_tiny.stream_chat(ASK, SamplingParams(max_new_tokens=2000, seed=3, ignore_eos=True), cancel)
+    next(stream)
+    cancel.set()
+    stats = [c.stats for c in stream if c.stats][0]
+    assert stats.finish_reason == "cancelled" and stats.completion_tokens < 2000
