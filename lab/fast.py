@@ -57,6 +57,15 @@ def supported(model) -> str | None:
     return None
 
 
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def kv_bytes_per_token(config) -> int:
+    """Keys and values of one token over all layers, in 16 bits."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim(config) * 2
+
+
 def is_int8(model) -> bool:
     return bool(getattr(model, "is_loaded_in_8bit", False))
 
@@ -81,7 +90,7 @@ class StaticDecoder:
         self.layers = model.model.layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = head_dim(cfg)
         self.batch, self.max_len = batch, max_len
         emb = model.model.embed_tokens.weight
         self.device, self.dtype = emb.device, emb.dtype
@@ -430,13 +439,14 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
     assert width + max_new <= dec.max_len, (width, max_new, dec.max_len)
     tokens: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
-    pinned = dec.device.type == "cuda"
-    host = [torch.empty(n, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
-    events: list = [None, None]
+    cuda = dec.device.type == "cuda"
+    host = [torch.empty(n, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+    events: list = [None, None]  # CUDA: when each host buffer's copy has landed
 
     def deliver(step: int) -> bool:
         """Hand over the tokens of `step`; True when decoding should end."""
-        events[step % 2].synchronize()
+        if cuda:
+            events[step % 2].synchronize()
         got = host[step % 2].tolist()
         for i, t in enumerate(got):
             if not finished[i]:
@@ -446,9 +456,10 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
         return all(finished) or stop or (cancel is not None and cancel.is_set())
 
     def ship(step: int, ids: torch.Tensor) -> None:
-        host[step % 2].copy_(ids[:n], non_blocking=True)
-        events[step % 2] = torch.cuda.Event() if pinned else _Ready()
-        events[step % 2].record() if pinned else None
+        host[step % 2].copy_(ids[:n], non_blocking=cuda)
+        if cuda:
+            events[step % 2] = torch.cuda.Event()
+            events[step % 2].record()
 
     dec.prefill(rows)
     if sampler.in_graph:
@@ -487,12 +498,6 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
             return Decoded(tokens, finished)
     deliver(max_new - 1)
     return Decoded(tokens, finished)
-
-
-class _Ready:
-    @staticmethod
-    def synchronize() -> None:
-        pass
 
 
 class FastPath:

@@ -297,9 +297,10 @@ class HFModel:
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
         cancel = cancel or threading.Event()
         seed = self._seed(params)
-        if batch_size is None:
-            longest = max((self.count_tokens(t) for t in texts), default=0) + params.max_new_tokens
-            batch_size = self._rows_that_fit(longest) if self.device.type == "cuda" else 8
+        if batch_size is None and self.device.type == "cuda":  # sized by the longest row (one batched encode)
+            longest = max(map(len, self.tok(texts, add_special_tokens=False)["input_ids"]), default=0)
+            batch_size = self._rows_that_fit(longest + params.max_new_tokens)
+        batch_size = batch_size or 8
         batch_size = max(1, min(batch_size, len(texts)))
         out: list[Completion] = []
         start = 0
@@ -317,8 +318,7 @@ class HFModel:
     def _rows_that_fit(self, tokens_per_row: int) -> int:
         """Rows of `tokens_per_row` whose key/value cache and activations fit in 70% of free GPU memory."""
         cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2  # bytes per token, 16-bit
+        kv = fast.kv_bytes_per_token(cfg)
         # Per row besides its cache: the prefill's activations and a float32 row of logits at each step.
         per_row = tokens_per_row * (kv + 8 * cfg.hidden_size + 2 * cfg.intermediate_size) + 8 * cfg.vocab_size
         free = runtime.gpu_free_bytes() or 0
@@ -517,8 +517,7 @@ class HFModel:
             return cap or 8
         n = min(cap or 256, len(idx) - start)
         cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2  # bytes per cached token
+        kv = fast.kv_bytes_per_token(cfg)
         free = 0.6 * (runtime.gpu_free_bytes() or 0)
         while n > 1:
             longest = len(ctxs[idx[start + n - 1]])  # the batch's longest row: it sets the padded width
