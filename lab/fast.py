@@ -22,8 +22,9 @@ Rows of a batch are left-padded: row b's tokens sit in slots pad[b].. and its po
 from there, so one slot index serves all rows.
 
 On a CPU the same code runs without graphs (the tests check it against the plain path); the page's
-CPU path stays plain `generate()`. LLM.int8 layers cannot be captured (bitsandbytes reads its
-outlier columns back to the host inside every matmul), so 8-bit runs `_step()` eagerly.
+CPU path stays plain `generate()`. bitsandbytes' LLM.int8 layers read their outlier columns back to
+the host inside every matmul, which a graph cannot hold; the step uses `lab.int8.Int8Linear` for them
+instead (the same operators, the outlier columns found on the device) and is captured, not compiled.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
+from lab import int8
 from lab.backend import SamplingParams
 from lab.decode import TopKTopP
 
@@ -70,10 +73,37 @@ def is_int8(model) -> bool:
     return bool(getattr(model, "is_loaded_in_8bit", False))
 
 
+def _int8_products(model) -> list:
+    found = []
+    for layer in model.model.layers:
+        for owner, name in ((layer.self_attn, "_lab_qkv"), (layer.mlp, "_lab_gate_up")):
+            fused = getattr(owner, name, None)
+            if fused is not None and isinstance(fused[0], int8.Int8Linear):
+                found.append(fused[0])
+        for m in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            if getattr(m, "_lab_int8", None) is not None:
+                found.append(m._lab_int8)
+    return found
+
+
+def int8_slots(model) -> int:
+    """The fewest outlier slots of any LLM.int8 product in the decode step."""
+    return min((p.slots for p in _int8_products(model)), default=0)
+
+
+def widen_int8(model) -> int:
+    """Double every product's outlier slots (up to its width); only with no captured graph alive."""
+    for p in _int8_products(model):
+        p.widen()
+    return int8_slots(model)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
+
+_LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()  # decoders that captured graphs
 
 TOP_K_MAX = 64  # top-k up to this samples inside the captured graph; larger (or off) samples eagerly
 
@@ -122,13 +152,15 @@ class StaticDecoder:
             self.pad_token = torch.tensor(pad_id, dtype=torch.long, device=dev)
             self.ranks = torch.arange(TOP_K_MAX, device=dev)
         self.logits: torch.Tensor | None = None
+        self.owner: FastPath | None = None
         if fuse:
             fuse_projections(model)
-        on_gpu = dev.type == "cuda" and not is_int8(model)
+        on_gpu = dev.type == "cuda"
         # Compiling fuses the ~70 small kernels per layer (norms, rotary, residuals) that cost as much as
         # the weights' reads at batch 1; at large batches the matmuls dominate and it is not worth its time.
+        # LLM.int8's products are bitsandbytes' own operators, which the compiler would only wrap.
         if compile is None:
-            compile = on_gpu and batch <= 8 and os.environ.get("LAB_COMPILE", "1") != "0"
+            compile = on_gpu and batch <= 8 and not is_int8(model) and os.environ.get("LAB_COMPILE", "1") != "0"
         self.compiled = compile
         self.graph = self.graph_sampled = None
         self._forward, self._sampler = self._step, self._sample
@@ -149,8 +181,20 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
+        _LIVE.add(self)
         self.graph, self.logits = self._capture(self._forward)
         self.graph_sampled, _ = self._capture(self._sample_step, pool=self.graph.pool())
+        self.outliers_clipped()  # the warm-up's inputs were not real: forget what they counted
+
+    def outliers_clipped(self) -> bool:
+        """LLM.int8: whether a step since the last call had more outlier columns than its slots (those
+        beyond were left out of the product); the count starts again. Reads the GPU: call it between replies."""
+        seen = getattr(self.model, "_lab_int8_seen", None)
+        if seen is None:
+            return False
+        most = int(seen)
+        seen.zero_()
+        return most > int8_slots(self.model)
 
     def release(self) -> None:
         """Let go of the graphs (they own a memory pool), the compiled functions and the buffers."""
@@ -187,7 +231,7 @@ class StaticDecoder:
             # become g query rows of that head (head h uses key head h // g, as Transformers' repeat_kv).
             o = F.scaled_dot_product_attention(q.reshape(b, self.n_kv, g, self.head_dim), self.k[i], self.v[i],
                                                attn_mask=mask, scale=attn.scaling)
-            h = h + attn.o_proj(o.reshape(b, 1, self.n_heads * self.head_dim))
+            h = h + linear(attn.o_proj, o.reshape(b, 1, self.n_heads * self.head_dim))
             h = h + mlp(layer.mlp, norm(layer.post_attention_layernorm, h))
         h = norm(self.model.model.norm, h)
         self.cur.add_(1)
@@ -313,20 +357,45 @@ def _plain_linear(m) -> bool:
     return type(m) is torch.nn.Linear
 
 
+class _Linear:
+    """F.linear over a fused weight (the callable half of a fused projection)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 def fuse_projections(model) -> None:
-    """Give each layer one matrix for q, k and v and one for the MLP's gate and up projections, and make
-    the original modules' weights views into them: the same numbers in the same memory, two matmuls
-    per layer instead of five. Only for plain (16/32-bit) linear layers; quantized ones stay as they are."""
+    """Give each layer one product for q, k and v and one for the MLP's gate and up projections: two
+    matmuls per layer instead of five. The original modules' weights become views into the fused ones
+    (the same numbers in the same memory). Plain (16/32-bit) layers use one concatenated matrix;
+    LLM.int8 layers one `lab.int8.Int8Linear` (and o/down get one each, so the whole step can be
+    captured); NF4 layers stay as they are."""
+    eight = is_int8(model)
+    seen = None
+    if eight:
+        seen = getattr(model, "_lab_int8_seen", None)
+        if seen is None:
+            seen = model._lab_int8_seen = torch.zeros((), dtype=torch.long, device=model.lm_head.weight.device)
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        if getattr(attn, "_lab_qkv", None) is None and all(_plain_linear(m) for m in (attn.q_proj, attn.k_proj,
-                                                                                          attn.v_proj)):
-            attn._lab_qkv = _concat([attn.q_proj, attn.k_proj, attn.v_proj])
-        if getattr(mlp, "_lab_gate_up", None) is None and all(_plain_linear(m) for m in (mlp.gate_proj, mlp.up_proj)):
-            mlp._lab_gate_up = _concat([mlp.gate_proj, mlp.up_proj])
+        if getattr(attn, "_lab_qkv", None) is None:
+            attn._lab_qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], seen)
+        if getattr(mlp, "_lab_gate_up", None) is None:
+            mlp._lab_gate_up = _fused([mlp.gate_proj, mlp.up_proj], seen)
+        if eight:
+            for m in (attn.o_proj, mlp.down_proj):
+                if getattr(m, "_lab_int8", None) is None and int8.is_int8_linear(m):
+                    m._lab_int8 = int8.Int8Linear.of([m], seen)
 
 
-def _concat(mods: list) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+def _fused(mods: list, seen: torch.Tensor | None) -> tuple[Callable, list[int]] | None:
+    if seen is not None and all(int8.is_int8_linear(m) for m in mods):
+        return int8.Int8Linear.of(mods, seen), [int8.weights(m)[0].shape[0] for m in mods]
+    if not all(_plain_linear(m) for m in mods):
+        return None
     with torch.no_grad():
         weight = torch.cat([m.weight for m in mods])
         bias = torch.cat([m.bias for m in mods]) if all(m.bias is not None for m in mods) else None
@@ -338,24 +407,29 @@ def _concat(mods: list) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
             if bias is not None:
                 m.bias.data = bias[start:start + n]
             start += n
-    return weight, bias, sizes
+    return _Linear(weight, bias), sizes
+
+
+def linear(module, x: torch.Tensor) -> torch.Tensor:
+    own = getattr(module, "_lab_int8", None)
+    return module(x) if own is None else own(x)
 
 
 def project_qkv(attn, x: torch.Tensor):
     fused = getattr(attn, "_lab_qkv", None)
     if fused is None:
         return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    weight, bias, sizes = fused
-    return F.linear(x, weight, bias).split(sizes, dim=-1)
+    fn, sizes = fused
+    return fn(x).split(sizes, dim=-1)
 
 
 def mlp(module, x: torch.Tensor) -> torch.Tensor:
     fused = getattr(module, "_lab_gate_up", None)
     if fused is None:
         return module(x)
-    weight, bias, sizes = fused
-    gate, up = F.linear(x, weight, bias).split(sizes, dim=-1)
-    return module.down_proj(module.act_fn(gate) * up)
+    fn, sizes = fused
+    gate, up = fn(x).split(sizes, dim=-1)
+    return linear(module.down_proj, module.act_fn(gate) * up)
 
 
 class Sampler:
@@ -424,6 +498,7 @@ class RowsSampler:
 class Decoded:
     tokens: list[list[int]]  # each row's new tokens, up to and including its end-of-turn token
     finished: list[bool]  # the row ended on an end-of-turn token
+    clipped: bool = False  # LLM.int8: a step had more outlier columns than its slots (see FastPath.decoder)
 
 
 @torch.inference_mode()
@@ -461,6 +536,12 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
             events[step % 2] = torch.cuda.Event()
             events[step % 2].record()
 
+    def result() -> Decoded:
+        clipped = dec.outliers_clipped()
+        if clipped and dec.owner is not None:
+            dec.owner.clipped = True
+        return Decoded(tokens, finished, clipped)
+
     dec.prefill(rows)
     if sampler.in_graph:
         dec.set_sampling(sampler.params, rows)
@@ -469,15 +550,15 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
         if max_new > 1:
             dec.logits_buf.copy_(dec.step())  # its forward pass, queued before the host waits for it
         if deliver(0):
-            return Decoded(tokens, finished)
+            return result()
         for step in range(1, max_new):
             dec.sample_step()  # token `step`, and the forward pass that scores what comes after it
             ship(step, dec.next)
             if step > 1 and deliver(step - 1):
-                return Decoded(tokens, finished)
+                return result()
         if max_new > 1:
             deliver(max_new - 1)
-        return Decoded(tokens, finished)
+        return result()
 
     history = torch.full((n, width + max_new), pad_id, dtype=torch.long, device=dec.device)
     for i, r in enumerate(rows):
@@ -495,9 +576,9 @@ def decode(dec: StaticDecoder, rows: Sequence[Sequence[int]], sampler: Sampler, 
         if step + 1 < max_new:
             logits = dec.step()[:n]
         if step and deliver(step - 1):
-            return Decoded(tokens, finished)
+            return result()
     deliver(max_new - 1)
-    return Decoded(tokens, finished)
+    return result()
 
 
 class FastPath:
@@ -508,9 +589,15 @@ class FastPath:
         self.eos_ids, self.pad_id = list(eos_ids), pad_id
         self.keep = keep
         self._decoders: dict[tuple[int, int], StaticDecoder] = {}
+        self.clipped = False  # set by `decode()` (LLM.int8 outliers past the slots); the next `decoder()` widens
 
     def decoder(self, batch: int, length: int) -> StaticDecoder:
         length = max(MIN_SLOTS, 1 << (length - 1).bit_length())  # few shapes: few captures (and compiles)
+        if self.clipped:  # LLM.int8: the last reply needed more outlier slots; every graph is built anew
+            self.clipped = False
+            self.clear()
+            wider = widen_int8(self.model)
+            warnings.warn(f"a reply had more LLM.int8 outlier columns than the decoder's slots; now {wider}")
         key = (batch, length)
         if key not in self._decoders:
             while len(self._decoders) >= self.keep:  # drop the oldest shape's buffers and graph
@@ -518,6 +605,7 @@ class FastPath:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self._decoders[key] = StaticDecoder(self.model, batch, length, self.eos_ids, self.pad_id)
+            self._decoders[key].owner = self
         else:
             self._decoders[key] = self._decoders.pop(key)  # most recently used last
         return self._decoders[key]
@@ -530,3 +618,9 @@ class FastPath:
         self._decoders.clear()
         if compiled:  # compiled code is cached globally and keeps references to what it was compiled with
             torch._dynamo.reset()
+        # cuBLAS keeps a 32 MiB workspace per (handle, stream) in PyTorch's allocator, and captured graphs
+        # use the ones that existed when they were captured: free them only once no graph is left.
+        if torch.cuda.is_available() and not any(d.graph is not None for d in list(_LIVE)):
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:
+                clear()

@@ -69,3 +69,22 @@ def test_switching_models_frees_gpu_memory():
     manager.load(LoadRequest("tiny-random", "4bit"))
     manager._drop()
     assert torch.cuda.memory_allocated() - base < 1 << 20
+
+
+def test_int8_products_without_host_reads_equal_bitsandbytes_on_cuda():
+    import bitsandbytes as bnb
+
+    from lab.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(512, 384).half()
+    layer = bnb.nn.Linear8bitLt(512, 384, has_fp16_weights=False, threshold=6.0)
+    layer.load_state_dict(plain.state_dict())
+    layer = layer.cuda().eval()
+    for rows in (1, 4):
+        x = torch.randn(rows, 512, device="cuda").half()
+        x[0, 7], x[rows - 1, 300] = 9.0, -14.0
+        with torch.inference_mode():
+            want = layer(x)
+            got = Int8Linear.of([layer], torch.zeros((), dtype=torch.long, device="cuda"))(x)
+        assert (got - want).abs().max() <= 1e-3 * want.abs().max(), (got - want).abs().max()
