@@ -25,7 +25,7 @@ from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, Sampl
 from lab.decode import (CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop,
                         finish_reason)
 from lab.errors import LabError
-from lab.prefix import PrefixScorer, prefix_groups
+from lab.prefix import PrefixScorer, plan_batches, prefix_groups
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "4bit": torch.bfloat16, "8bit": torch.float16}  # LLM.int8 computes in fp16; bf16 inputs get cast per call
@@ -360,9 +360,21 @@ class HFModel:
         """`_generate_batch` through lab.fast; the decoder keeps `rows` rows so later batches of a run
         (the last one smaller) replay the same captured graph."""
         ids = [self.encode(t) for t in texts]
-        sampler = fast.Sampler(params, self.eos_ids, self._constraint(params, rows=len(texts)))
-        stopped = [False] * len(texts)
-        tails: list[list[int]] = [[] for _ in texts]
+        with self._lock:
+            try:
+                res = None
+                while res is None or res.clipped:  # LLM.int8 outliers past the slots: again with wider ones
+                    res = self._decode_fast(ids, params, cancel, seed, rows)
+            except BaseException as e:
+                raise _user_error(e, self.info.name) from e
+        return [self._completion(len(prompt), new, ended, params, cancel)
+                for prompt, new, ended in zip(ids, res.tokens, res.finished)]
+
+    def _decode_fast(self, ids: list[list[int]], params: SamplingParams, cancel: threading.Event, seed: int,
+                     rows: int) -> fast.Decoded:
+        sampler = fast.Sampler(params, self.eos_ids, self._constraint(params, rows=len(ids)))
+        stopped = [False] * len(ids)
+        tails: list[list[int]] = [[] for _ in ids]
 
         def on_tokens(got: list[int]) -> bool:  # stop strings: a row is done once its recent text has one
             for i, t in enumerate(got):
@@ -372,16 +384,10 @@ class HFModel:
                     stopped[i] = t in self.eos_ids or any(s in text for s in params.stop)
             return all(stopped)
 
-        with self._lock:
-            torch.manual_seed(seed)
-            try:
-                dec = self.fast.decoder(max(rows, len(texts)), max(map(len, ids)) + params.max_new_tokens)
-                res = fast.decode(dec, ids, sampler, params.max_new_tokens, self.eos_ids, self.pad_id, cancel,
-                                  on_tokens=on_tokens if params.stop else None)
-            except BaseException as e:
-                raise _user_error(e, self.info.name) from e
-        return [self._completion(len(prompt), new, ended, params, cancel)
-                for prompt, new, ended in zip(ids, res.tokens, res.finished)]
+        torch.manual_seed(seed)
+        dec = self.fast.decoder(max(rows, len(ids)), max(map(len, ids)) + params.max_new_tokens)
+        return fast.decode(dec, ids, sampler, params.max_new_tokens, self.eos_ids, self.pad_id, cancel,
+                           on_tokens=on_tokens if params.stop else None)
 
     def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
                     cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
@@ -409,7 +415,7 @@ class HFModel:
             n_spaces = len(context) - len(context.rstrip(" "))
             heads.append(context[:-n_spaces] if n_spaces else context)
             leads.append(context[len(heads[-1]):])
-        ctx_ids = self.tok(heads, add_special_tokens=False)["input_ids"]
+        ctx_ids = self._encode_sharing_starts(heads)
         k = len(choices)
         conts = self._continuations_from_last_line(heads, leads, choices, ctx_ids)
         if conts is None:
@@ -417,6 +423,41 @@ class HFModel:
                             add_special_tokens=False)["input_ids"]
             conts = [[f[len(ctx):] for f in full[i * k:(i + 1) * k]] for i, ctx in enumerate(ctx_ids)]
         return list(zip(ctx_ids, conts))
+
+    def _encode_sharing_starts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, encoding a start that several texts share (a subject's few-shot
+        examples: four fifths of each 5-shot MMLU prompt) once. A shared start is cut after a blank line
+        that a letter follows; byte-level BPE tokenizers never merge across that boundary, so start and
+        rest tokenize the same apart as together. That is checked for one text of every start against
+        its whole encoding; if any differs, every text is encoded whole."""
+        def encode(batch: list[str]) -> list[list[int]]:
+            return self.tok(batch, add_special_tokens=False)["input_ids"] if batch else []
+
+        if len(texts) < 8:
+            return encode(texts)
+        order = sorted(range(len(texts)), key=texts.__getitem__)
+        shared = [0] * len(texts)
+        for a, b in zip(order, order[1:]):
+            n = _common_start(texts[a], texts[b])
+            shared[a], shared[b] = max(shared[a], n), max(shared[b], n)
+        cuts = []
+        for text, n in zip(texts, shared):
+            cut = text.rfind("\n\n", 0, n) + 2
+            cuts.append(cut if cut >= 64 and cut < len(text) and text[cut].isalpha() else 0)
+        starts = sorted({t[:c] for t, c in zip(texts, cuts) if c})
+        if not starts:
+            return encode(texts)
+        start_ids = dict(zip(starts, encode(starts)))
+        rests = encode([t[c:] for t, c in zip(texts, cuts)])
+        ids = [start_ids[t[:c]] + r if c else r for t, c, r in zip(texts, cuts, rests)]
+        probe = {}
+        for i, (t, c) in enumerate(zip(texts, cuts)):
+            if c:
+                probe.setdefault(t[:c], i)
+        whole = encode([texts[i] for i in probe.values()])
+        if any(ids[i] != w for i, w in zip(probe.values(), whole)):
+            return encode(texts)
+        return ids
 
     def _continuations_from_last_line(self, heads, leads, choices, ctx_ids) -> list[list[list[int]]] | None:
         """Continuation ids from each context's last line instead of the whole text (five long encodes per
@@ -484,11 +525,11 @@ class HFModel:
         ctxs = [ctx for ctx, _ in rows]
         for shared, idx in prefix_groups(ctxs):
             idx.sort(key=lambda i: len(ctxs[i]))  # similar lengths together: less padding
-            cap = batch_size  # None: sized by free memory, per batch; an out-of-memory halves it for this group
-            start = 0
-            while start < len(idx):
-                n = self._scoring_rows(ctxs, idx, start, shared, cap)
-                part = idx[start:start + n]
+            todo = [idx[a:b] for a, b in self._scoring_batches([len(ctxs[i]) - shared for i in idx], shared,
+                                                               batch_size)]
+            picked: list[tuple[list[int], torch.Tensor]] = []
+            while todo:
+                part = todo.pop(0)
                 try:
                     if shared:
                         with self._lock, torch.inference_mode():
@@ -499,36 +540,40 @@ class HFModel:
                     else:
                         logp = self._forward_last([ctxs[i] for i in part], keep=1)[:, -1]
                     cands = torch.tensor([rows[i][1] for i in part], device=logp.device)
-                    picked = logp.gather(1, cands).tolist()  # one copy to the host per batch
+                    picked.append((part, logp.gather(1, cands)))
                 except torch.OutOfMemoryError:
                     runtime.release_gpu_memory()
                     if len(part) == 1:
                         raise _user_error(torch.OutOfMemoryError(), self.info.name) from None
-                    cap = max(1, len(part) // 2)
+                    half = len(part) // 2  # the memory estimate was wrong for this batch: halve it
+                    todo[:0] = [part[:half], part[half:]]
                     continue
-                for i, values in zip(part, picked):
-                    out[i] = values
-                start += len(part)
+            # To the host once per group: a copy per batch would make the GPU wait for the host each time.
+            for part, values in picked:
+                for i, v in zip(part, values.tolist()):
+                    out[i] = v
         return out
 
-    def _scoring_rows(self, ctxs: list[list[int]], idx: list[int], start: int, shared: int, cap: int | None) -> int:
-        """How many of idx[start:] (sorted by length) to score in one forward pass."""
+    def _scoring_batches(self, widths: list[int], shared: int, cap: int | None) -> list[tuple[int, int]]:
+        """[start, end) batches of rows sorted by width (own tokens past the shared prefix)."""
         if self.device.type != "cuda":
-            return cap or 8
-        n = min(cap or 256, len(idx) - start)
+            step = cap or 8
+            return [(a, min(a + step, len(widths))) for a in range(0, len(widths), step)]
         cfg = self.model.config
         kv = fast.kv_bytes_per_token(cfg)
         free = 0.6 * (runtime.gpu_free_bytes() or 0)
-        while n > 1:
-            longest = len(ctxs[idx[start + n - 1]])  # the batch's longest row: it sets the padded width
-            own = longest - shared
-            # the prefix copied for each row (three times: cache, concatenation, attention) and the
-            # row's own tokens' activations; one float32 row of logits
-            per_row = 3 * longest * kv + own * (16 * cfg.hidden_size + 6 * cfg.intermediate_size) + 8 * cfg.vocab_size
-            if n * per_row <= free:
-                break
-            n = max(1, int(free // per_row))
-        return max(1, n)
+
+        # Transformers' forward copies the prefix's cache for each row (three times: cache, concatenation,
+        # attention); lab.prefix.suffix_forward reads its one copy.
+        copies = 0 if fast.supported(self.model) is None else 3
+
+        def max_rows(width: int) -> int:
+            # the row's own tokens' activations, the prefix copies, one float32 row of logits
+            per_row = copies * (shared + width) * kv + width * (16 * cfg.hidden_size + 6 * cfg.intermediate_size) \
+                + 8 * cfg.vocab_size
+            return min(cap or 1024, int(free // per_row))
+
+        return plan_batches(widths, max_rows)
 
     def _score_sequences(self, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
         out: list[float] = [0.0] * len(pairs)
@@ -559,6 +604,18 @@ class HFModel:
 
 class OutOfMemory(LabError):
     """A request ran out of GPU memory (the model is still loaded and usable)."""
+
+
+def _common_start(a: str, b: str) -> int:
+    """Length of the longest common start of a and b (binary search over C-speed slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _user_error(e: BaseException, name: str) -> BaseException:

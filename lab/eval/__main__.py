@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--subset", help="a named subset from evals/NAME.yaml (mmlu: mini, stem; ceval: hard, mini; "
                                         "humaneval: mini, first20)")
         b.add_argument("--seed", type=int, default=1234, help="seeds subset selection and sampling")
-        b.add_argument("--batch-size", type=int, help="items per forward pass (default 16 on CUDA, 8 on a CPU)")
+        b.add_argument("--batch-size", type=int, help="items per forward pass (default 8 on a CPU, by memory on CUDA)")
         b.add_argument("--data-dir", help="benchmark data in the official layouts (default LAB_DATA_DIR, else the Hub)")
         b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run; other run flags are ignored")
         b.add_argument("--max-new-tokens", type=int, help="gen and code modes (default 256 for gen, 512 for code)")

@@ -42,7 +42,7 @@ class EvalRequest:
     subjects: list[str] | None = None  # choice: subject names; code: task numbers or ids
     subset: str | None = None
     seed: int = DEFAULT_SEED
-    batch_size: int | None = None  # None: 16 on CUDA, 8 on a CPU
+    batch_size: int | None = None  # None: 8 on a CPU; on CUDA sized by free memory (saved in slices of 1024/256)
     data_dir: str | None = None
     samples_per_task: int = 1  # code: n, for pass@k
     temperature: float = 0.0  # code and gen: 0 = greedy
@@ -242,7 +242,10 @@ class Runner:
     def _execute(self, model, run_id: str, plan: Plan, on_progress, cancel) -> RunResult:
         cancel = cancel or threading.Event()
         req = plan.request
-        bs = req.batch_size or (16 if model.info.device.startswith("cuda") else 8)
+        # On CUDA a batch here is only the unit of saving and resuming: the model sizes its own forward
+        # passes from free memory (and, scoring, packs rows by length), so large slices keep the GPU busy.
+        scoring = plan.spec.kind == "choice" and plan.mode == "logprob"
+        bs = req.batch_size or ((1024 if scoring else 256) if model.info.device.startswith("cuda") else 8)
         if bs < 1:
             raise LabError(f"The batch size must be at least 1, got {bs}.")
         done = self.store.done_keys(run_id)
@@ -286,7 +289,7 @@ class Runner:
         if plan.spec.kind == "choice" and plan.mode == "logprob":
             letters = plan.spec.choices
             scores = model.score_choices([it.prompt for it in todo], choice.continuations(letters),
-                                         batch_size=len(todo))
+                                         batch_size=plan.request.batch_size)
             per = (time.monotonic() - t) / len(todo)
             out = []
             for it, lp in zip(todo, scores):
@@ -300,7 +303,7 @@ class Runner:
         stops = code.COMPLETION_STOPS if plan.spec.kind == "code" and plan.mode == "completion" else ()
         if stops:
             params.stop = tuple(stops)
-        completions = model.generate(texts, params, cancel=cancel, batch_size=len(todo))
+        completions = model.generate(texts, params, cancel=cancel, batch_size=plan.request.batch_size)
         if cancel.is_set():
             return None
         per = (time.monotonic() - t) / len(todo)
