@@ -59,13 +59,16 @@ def votes_in_db() -> list[tuple]:
 
 def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(page):
     before = len(votes_in_db())
-    for pane in (0, 1):
-        set_max_new(page, pane, 240)  # long enough to watch both panes grow
-    set_number(page, "cmp-seed-0", 42)
     page.fill("#cmp-name-1 input, #cmp-name-1 textarea", "terse")
     page.locator("#cmp-blind input").check()
     page.fill("#cmp-input textarea", INPUT)
-    for pane in (0, 1):  # the other edits re-render the form on a loaded machine: check the settings held
+    # The sampling settings last: once in four full runs on a loaded 2-core machine a slider set first
+    # showed its starting value again by the time Run was pressed (the cause is not found; no server
+    # callback writes these sliders). Set last, and checked just before Run.
+    for pane in (0, 1):
+        set_max_new(page, pane, 240)  # long enough to watch both panes grow (opens the pane's Sampling)
+    set_number(page, "cmp-seed-0", 42)
+    for pane in (0, 1):
         assert page.input_value(f"#cmp-max-new-{pane} input[type=number]") == "240"
     page.click("#cmp-run")
 
