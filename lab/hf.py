@@ -25,7 +25,7 @@ from lab.backend import Chunk, Completion, Message, ModelInfo, ReplyStats, Sampl
 from lab.decode import (CancelOnEvent, IncrementalDecoder, StopMatcher, TokenQueue, TopKTopP, cut_at_stop,
                         finish_reason)
 from lab.errors import LabError
-from lab.prefix import PrefixScorer, plan_batches, prefix_groups
+from lab.prefix import PrefixScorer, common_length, plan_batches, prefix_groups, reads_one_copy
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "4bit": torch.bfloat16, "8bit": torch.float16}  # LLM.int8 computes in fp16; bf16 inputs get cast per call
@@ -438,7 +438,7 @@ class HFModel:
         order = sorted(range(len(texts)), key=texts.__getitem__)
         shared = [0] * len(texts)
         for a, b in zip(order, order[1:]):
-            n = _common_start(texts[a], texts[b])
+            n = common_length(texts[a], texts[b])
             shared[a], shared[b] = max(shared[a], n), max(shared[b], n)
         cuts = []
         for text, n in zip(texts, shared):
@@ -565,7 +565,7 @@ class HFModel:
 
         # Transformers' forward copies the prefix's cache for each row (three times: cache, concatenation,
         # attention); lab.prefix.suffix_forward reads its one copy.
-        copies = 0 if fast.supported(self.model) is None else 3
+        copies = 0 if reads_one_copy(self.model) else 3
 
         def max_rows(width: int) -> int:
             # the row's own tokens' activations, the prefix copies, one float32 row of logits
@@ -604,18 +604,6 @@ class HFModel:
 
 class OutOfMemory(LabError):
     """A request ran out of GPU memory (the model is still loaded and usable)."""
-
-
-def _common_start(a: str, b: str) -> int:
-    """Length of the longest common start of a and b (binary search over C-speed slice compares)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def _user_error(e: BaseException, name: str) -> BaseException:
