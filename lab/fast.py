@@ -189,12 +189,12 @@ class StaticDecoder:
     def outliers_clipped(self) -> bool:
         """LLM.int8: whether a step since the last call had more outlier columns than its slots (those
         beyond were left out of the product); the count starts again. Reads the GPU: call it between replies."""
-        seen = getattr(self.model, "_lab_int8_seen", None)
-        if seen is None:
+        over = getattr(self.model, "_lab_int8_over", None)
+        if over is None:
             return False
-        most = int(seen)
-        seen.zero_()
-        return most > int8_slots(self.model)
+        clipped = bool(over)
+        over.zero_()
+        return clipped
 
     def release(self) -> None:
         """Let go of the graphs (they own a memory pool), the compiled functions and the buffers."""
@@ -373,27 +373,29 @@ def fuse_projections(model) -> None:
     (the same numbers in the same memory). Plain (16/32-bit) layers use one concatenated matrix;
     LLM.int8 layers one `lab.int8.Int8Linear` (and o/down get one each, so the whole step can be
     captured); NF4 layers stay as they are."""
-    eight = is_int8(model)
-    seen = None
-    if eight:
-        seen = getattr(model, "_lab_int8_seen", None)
-        if seen is None:
-            seen = model._lab_int8_seen = torch.zeros((), dtype=torch.long, device=model.lm_head.weight.device)
+    counters = None  # LLM.int8: (most outlier columns seen, a product had more than its slots) on the device
+    if is_int8(model):
+        if getattr(model, "_lab_int8_seen", None) is None:
+            dev = model.lm_head.weight.device
+            model._lab_int8_seen = torch.zeros((), dtype=torch.long, device=dev)
+            model._lab_int8_over = torch.zeros((), dtype=torch.bool, device=dev)
+        counters = model._lab_int8_seen, model._lab_int8_over
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if getattr(attn, "_lab_qkv", None) is None:
-            attn._lab_qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], seen)
+            attn._lab_qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], counters)
         if getattr(mlp, "_lab_gate_up", None) is None:
-            mlp._lab_gate_up = _fused([mlp.gate_proj, mlp.up_proj], seen)
-        if eight:
+            mlp._lab_gate_up = _fused([mlp.gate_proj, mlp.up_proj], counters)
+        if counters is not None:
             for m in (attn.o_proj, mlp.down_proj):
                 if getattr(m, "_lab_int8", None) is None and int8.is_int8_linear(m):
-                    m._lab_int8 = int8.Int8Linear.of([m], seen)
+                    m._lab_int8 = int8.Int8Linear.of([m], counters[0], over=counters[1])
 
 
-def _fused(mods: list, seen: torch.Tensor | None) -> tuple[Callable, list[int]] | None:
-    if seen is not None and all(int8.is_int8_linear(m) for m in mods):
-        return int8.Int8Linear.of(mods, seen), [int8.weights(m)[0].shape[0] for m in mods]
+def _fused(mods: list, counters: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[Callable, list[int]] | None:
+    sizes = [m.out_features for m in mods]
+    if counters is not None and all(int8.is_int8_linear(m) for m in mods):
+        return int8.Int8Linear.of(mods, counters[0], over=counters[1]), sizes
     if not all(_plain_linear(m) for m in mods):
         return None
     with torch.no_grad():
@@ -401,12 +403,10 @@ def _fused(mods: list, seen: torch.Tensor | None) -> tuple[Callable, list[int]] 
         bias = torch.cat([m.bias for m in mods]) if all(m.bias is not None for m in mods) else None
         if any(m.bias is not None for m in mods) and bias is None:
             return None
-        sizes, start = [m.weight.shape[0] for m in mods], 0
-        for m, n in zip(mods, sizes):
-            m.weight.data = weight[start:start + n]
-            if bias is not None:
-                m.bias.data = bias[start:start + n]
-            start += n
+        for m, rows, b in zip(mods, weight.split(sizes), bias.split(sizes) if bias is not None else [None] * len(mods)):
+            m.weight.data = rows
+            if b is not None:
+                m.bias.data = b
     return _Linear(weight, bias), sizes
 
 

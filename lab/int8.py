@@ -10,8 +10,8 @@ of Python launching kernels.
 `Int8Linear` does the same arithmetic with no host read: the same quantize, int8 matmul and
 dequantize operators of bitsandbytes, with the outlier columns found on the device into a fixed
 number of slots (`torch.nonzero_static`). Unused slots multiply zeros. Each call records the most
-outlier columns it saw in a shared device counter; if a step ever needs more than its slots, the
-decoder notices after the reply (`FastPath` then builds wider ones) — see `Int8Linear.slots`.
+outlier columns it saw in a shared device counter, and sets a shared device flag if it had more than
+its own slots; the decoder reads the flag after the reply (`FastPath` then builds wider ones).
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ class Int8Linear:
     """x @ W.T + b as bitsandbytes computes it for `Linear8bitLt`, for up to `slots` outlier columns."""
 
     def __init__(self, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None, threshold: float,
-                 seen: torch.Tensor, slots: int = OUTLIER_SLOTS) -> None:
+                 seen: torch.Tensor, slots: int = OUTLIER_SLOTS, over: torch.Tensor | None = None) -> None:
         self.cb, self.scb, self.bias, self.threshold = cb, scb, bias, float(threshold)
         self.slots = min(slots, cb.shape[1])
-        self.seen = seen  # int64 [1] on the device: the most outlier columns any call has had
+        self.seen = seen  # int64 [] on the device: the most outlier columns any call has had
+        self.over = over  # bool [] on the device, if given: set when a call had more than its own slots
         self.rank = torch.arange(self.slots, device=cb.device)
 
     @classmethod
-    def of(cls, modules: Sequence, seen: torch.Tensor, slots: int = OUTLIER_SLOTS) -> "Int8Linear":
+    def of(cls, modules: Sequence, seen: torch.Tensor, slots: int = OUTLIER_SLOTS,
+           over: torch.Tensor | None = None) -> "Int8Linear":
         """One product for several layers that read the same input (q/k/v, gate/up): their int8 rows
         are concatenated, and each module's weight becomes a view of its rows (no extra memory once the
         old tensors are freed; the modules' own forward keeps working on the views)."""
@@ -55,22 +57,21 @@ class Int8Linear:
         biases = [m.bias for m in modules]
         if len(modules) == 1:
             cb, scb = pairs[0]
-            return cls(cb, scb, biases[0], thresholds.pop(), seen, slots)
+            return cls(cb, scb, biases[0], thresholds.pop(), seen, slots, over)
         if any(b is None for b in biases) and not all(b is None for b in biases):
             raise ValueError("some of these layers have a bias and some do not")
+        sizes = [rows.shape[0] for rows, _ in pairs]
         with torch.no_grad():
             cb = torch.cat([p[0] for p in pairs])
             scb = torch.cat([p[1] for p in pairs])
             bias = None if biases[0] is None else torch.cat([b.data for b in biases])
-            start = 0
-            for m, (rows, _) in zip(modules, pairs):
-                n = rows.shape[0]
-                m.state.CB = m.weight.data = cb[start:start + n]
-                m.state.SCB = scb[start:start + n]
-                if bias is not None:
-                    m.bias.data = bias[start:start + n]
-                start += n
-        return cls(cb, scb, bias, thresholds.pop(), seen, slots)
+            parts = bias.split(sizes) if bias is not None else [None] * len(modules)
+            for m, rows, scales, b in zip(modules, cb.split(sizes), scb.split(sizes), parts):
+                m.state.CB = m.weight.data = rows
+                m.state.SCB = scales
+                if b is not None:
+                    m.bias.data = b
+        return cls(cb, scb, bias, thresholds.pop(), seen, slots, over)
 
     def widen(self) -> None:
         self.slots = min(2 * self.slots, self.cb.shape[1])
@@ -98,4 +99,6 @@ class Int8Linear:
         sub_b = ops.int8_vectorwise_dequant.default(self.cb.index_select(1, idx), self.scb).to(a.dtype)
         out = out.addmm(sub_a, sub_b.t())
         torch.maximum(self.seen, count, out=self.seen)
+        if self.over is not None:
+            self.over.logical_or_(count > self.slots)
         return out.view(*shape[:-1], out.shape[-1])
