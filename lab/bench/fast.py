@@ -134,12 +134,19 @@ def case_compare(model, new_tokens: int = 256) -> dict:
                "generate() one after another; ratio = baseline time / ours") | {"ratio": base / ours}
 
 
-def humaneval_prompts(model) -> list[str]:
-    from lab.eval.runner import EvalRequest, Runner
+def plan_items(req) -> list:
+    """The items an evaluation run of `req` would score, in its order (the bench's own run history)."""
+    from lab.eval.runner import Runner
     from lab.eval.store import RunStore
 
-    plan = Runner(RunStore.open(Path("/tmp/lab-bench-runs"))).plan(EvalRequest("humaneval"))
-    return [it.prompt if isinstance(it.prompt, str) else model.render(it.prompt) for it in plan.items]
+    return Runner(RunStore.open(Path("/tmp/lab-bench-runs"))).plan(req).items
+
+
+def humaneval_prompts(model) -> list[str]:
+    from lab.eval.runner import EvalRequest
+
+    return [it.prompt if isinstance(it.prompt, str) else model.render(it.prompt)
+            for it in plan_items(EvalRequest("humaneval"))]
 
 
 def case_humaneval(model, new_tokens: int = 512) -> dict:
@@ -157,11 +164,9 @@ def case_humaneval(model, new_tokens: int = 512) -> dict:
 
 # ---- MMLU ---------------------------------------------------------------------------------------
 def mmlu_prompts(subjects: list[str] | None = None) -> list:
-    from lab.eval.runner import EvalRequest, Runner
-    from lab.eval.store import RunStore
+    from lab.eval.runner import EvalRequest
 
-    plan = Runner(RunStore.open(Path("/tmp/lab-bench-runs"))).plan(EvalRequest("mmlu", shots=5, subjects=subjects))
-    return plan.items
+    return plan_items(EvalRequest("mmlu", shots=5, subjects=subjects))
 
 
 def hflm_scores(model, prompts: list[str], batch_size: int = 32) -> list[list[float]]:
@@ -196,11 +201,9 @@ def letter_agreement(ours: list[list[float]], ref: list[list[float]], margin: fl
 def mmlu_sample(items: list, n: int = 1000, seed: int = 0) -> list[int]:
     """Indices of a seeded sample of n questions spread over every subject (what --limit plans): its
     prompts are as long as the whole set's on average, which a few whole subjects' are not."""
-    from lab.eval.runner import EvalRequest, Runner
-    from lab.eval.store import RunStore
+    from lab.eval.runner import EvalRequest
 
-    keys = {it.key for it in Runner(RunStore.open(Path("/tmp/lab-bench-runs"))).plan(
-        EvalRequest("mmlu", shots=5, limit=n, seed=seed)).items}
+    keys = {it.key for it in plan_items(EvalRequest("mmlu", shots=5, limit=n, seed=seed))}
     return [i for i, it in enumerate(items) if it.key in keys]
 
 

@@ -108,6 +108,11 @@ class Plan:
     data_source: str
     groups: dict[str, list[str]]
 
+    @property
+    def scores_choices(self) -> bool:
+        """Multiple choice by letter log-probabilities (one forward pass per question, no generation)."""
+        return self.spec.kind == "choice" and self.mode == "logprob"
+
 
 class Runner:
     def __init__(self, store: RunStore) -> None:
@@ -244,8 +249,7 @@ class Runner:
         req = plan.request
         # On CUDA a batch here is only the unit of saving and resuming: the model sizes its own forward
         # passes from free memory (and, scoring, packs rows by length), so large slices keep the GPU busy.
-        scoring = plan.spec.kind == "choice" and plan.mode == "logprob"
-        bs = req.batch_size or ((1024 if scoring else 256) if model.info.device.startswith("cuda") else 8)
+        bs = req.batch_size or ((1024 if plan.scores_choices else 256) if model.info.device.startswith("cuda") else 8)
         if bs < 1:
             raise LabError(f"The batch size must be at least 1, got {bs}.")
         done = self.store.done_keys(run_id)
@@ -286,7 +290,7 @@ class Runner:
     def _batch(self, model, plan: Plan, todo: list[Item], b: int,
                cancel: threading.Event) -> list[Sample] | None:
         t = time.monotonic()
-        if plan.spec.kind == "choice" and plan.mode == "logprob":
+        if plan.scores_choices:
             letters = plan.spec.choices
             scores = model.score_choices([it.prompt for it in todo], choice.continuations(letters),
                                          batch_size=plan.request.batch_size)
