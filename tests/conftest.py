@@ -106,6 +106,24 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update"]
 
 
+def open_page(browser, url: str, tab: str | None = None, ready: str | None = None):
+    """A page of the app with its chat box drawn; with `tab`, that tab opened and `ready` drawn. Close it after."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(30_000)
+    pg.goto(url)
+    pg.wait_for_selector("#chat-input textarea")
+    if tab is not None:
+        pg.get_by_role("tab", name=tab).click()
+        pg.wait_for_selector(ready)
+    return pg
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page into tests/artifacts/NAME."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's headless Chromium through Playwright; never a downloaded browser build."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, open_page, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,10 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def page(browser, app_url):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(30_000)
-    pg.goto(app_url)
-    pg.wait_for_selector("#chat-input textarea")
+    pg = open_page(browser, app_url)
     yield pg
     pg.close()
 
@@ -62,8 +59,7 @@ def test_type_stream_stop_and_screenshot(page):
     assert "seed 42" in stats and "completion" in stats
     completion = int(stats.split("completion ")[1].split(" tok")[0].replace(",", ""))
     assert 0 < completion < 4000
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "chat-after-stop.png"), full_page=True)
+    screenshot(page, "chat-after-stop.png")
 
 
 def test_preset_fills_the_system_prompt_and_editing_marks_it_custom(page):
@@ -119,5 +115,5 @@ def test_json_mode_shows_the_parsed_object(page):
     page.wait_for_function("() => document.querySelector('#json-check').innerText.includes('matches the schema')")
     view = page.inner_text("#json-view")
     assert "city" in view and "tags" in view, view
+    screenshot(page, "chat-json-mode.png")
     page.locator("#json-panel").first.screenshot(path=str(ARTIFACTS / "chat-json-panel.png"))
-    page.screenshot(path=str(ARTIFACTS / "chat-json-mode.png"), full_page=True)

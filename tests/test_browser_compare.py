@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lab.eval.store import runs_dir
-from tests.conftest import ARTIFACTS
+from tests.conftest import open_page, screenshot
 from tests.test_browser import set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,12 +25,7 @@ BOTH_STREAMING = """() => {
 
 @pytest.fixture
 def page(browser, app_url):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(30_000)
-    pg.goto(app_url)
-    pg.wait_for_selector("#chat-input textarea")
-    pg.get_by_role("tab", name="Compare").click()
-    pg.wait_for_selector("#cmp-run")
+    pg = open_page(browser, app_url, "Compare", "#cmp-run")
     yield pg
     pg.close()
 
@@ -108,8 +103,7 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     page.click("#cmp-diff-btn")
     page.wait_for_function("() => document.querySelector('#cmp-diff del, #cmp-diff ins') !== null")
     page.locator("#cmp-pane-0").scroll_into_view_if_needed()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "compare-blind-vote.png"), full_page=True)
+    screenshot(page, "compare-blind-vote.png")
 
 
 def test_load_a_shipped_set_and_export_markdown(page):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ARTIFACTS
+from tests.conftest import open_page, screenshot
 from tests.test_browser import set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -22,12 +22,7 @@ RECORD_PROGRESS = """() => {
 
 @pytest.fixture
 def page(browser, app_url, data_dir):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(30_000)
-    pg.goto(app_url)
-    pg.wait_for_selector("#chat-input textarea")
-    pg.get_by_role("tab", name="Evaluate").click()
-    pg.wait_for_selector("#eval-start")
+    pg = open_page(browser, app_url, "Evaluate", "#eval-start")
     yield pg
     pg.close()
 
@@ -82,8 +77,7 @@ def test_run_a_benchmark_see_the_results_and_filter_the_wrong_answers(page):
         page.locator('#eval-samples [data-testid="cell-0-2"]').click()
         page.wait_for_function("() => document.querySelector('#eval-sample textarea').value.includes('── prompt ──')")
         assert "Answer:" in page.input_value("#eval-sample textarea")  # the whole prompt, not the cell's gist
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "evaluate-result.png"), full_page=True)
+    screenshot(page, "evaluate-result.png")
 
 
 def test_history_shows_a_past_run_and_compares_two(page):
