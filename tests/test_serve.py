@@ -16,7 +16,7 @@ import pytest
 
 from lab.backend import SamplingParams
 from lab.serve_schema import ToolCallStream, chat_message, parse_chat
-from tests.conftest import ARTIFACTS, ROOT, free_port
+from tests.conftest import ARTIFACTS, ROOT, free_port, stop, wait_until_serving
 
 KEY = "sk-lab-test"
 WEATHER = {"type": "function", "function": {
@@ -33,26 +33,11 @@ def serving(args: list[str], log_name: str, ready_path: str = "/health", timeout
     proc = subprocess.Popen([sys.executable, *args, "--port", str(port)], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{args} exited with {proc.returncode}: {(ARTIFACTS / log_name).read_text()[-2000:]}")
-            try:
-                if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{args} did not answer within {timeout:.0f} s")
-            time.sleep(0.3)
+        wait_until_serving(proc, url + ready_path, ARTIFACTS / log_name, str(args), timeout)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 import tomllib
 from pathlib import Path
@@ -20,7 +19,7 @@ from gradio_client import Client
 
 from lab import spaces
 from lab.errors import LabError
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_until_serving
 
 CARD = ROOT / "spaces" / "README.md"
 REQUIREMENTS = ROOT / "spaces" / "requirements.txt"
@@ -144,20 +143,9 @@ def start_app(stage: Path, env: dict, log: Path):
            "GRADIO_SERVER_PORT": str(port), "SPACE_ID": "test/space", "LAB_MODEL": "tiny-random", **env}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=stage, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the staged app exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the staged app did not serve its page within 120 s")
-        time.sleep(0.3)
+    url = f"http://127.0.0.1:{port}/"
+    wait_until_serving(proc, url, log, "the staged app", 120)
+    return proc, url
 
 
 def stop_app(proc) -> None:
