@@ -444,16 +444,15 @@ class HFModel:
         for text, n in zip(texts, shared):
             cut = text.rfind("\n\n", 0, n) + 2
             cuts.append(cut if cut >= 64 and cut < len(text) and text[cut].isalpha() else 0)
-        starts = sorted({t[:c] for t, c in zip(texts, cuts) if c})
-        if not starts:
-            return encode(texts)
-        start_ids = dict(zip(starts, encode(starts)))
-        rests = encode([t[c:] for t, c in zip(texts, cuts)])
-        ids = [start_ids[t[:c]] + r if c else r for t, c, r in zip(texts, cuts, rests)]
-        probe = {}
+        probe: dict[str, int] = {}  # each shared start, and the first text that has it
         for i, (t, c) in enumerate(zip(texts, cuts)):
             if c:
                 probe.setdefault(t[:c], i)
+        if not probe:
+            return encode(texts)
+        start_ids = dict(zip(probe, encode(list(probe))))
+        rests = encode([t[c:] for t, c in zip(texts, cuts)])
+        ids = [start_ids[t[:c]] + r if c else r for t, c, r in zip(texts, cuts, rests)]
         whole = encode([texts[i] for i in probe.values()])
         if any(ids[i] != w for i, w in zip(probe.values(), whole)):
             return encode(texts)
