@@ -5,8 +5,12 @@ Plain `generate()` at batch 1 is bound by the host: each token launches about a 
 kernels from Python (a few microseconds each) and copies the token back, so an H100 sits idle most
 of the time (13-35 tok/s for a 7B model whose weights it can read 200 times a second). Here:
 
-- the prompt goes through the model's own forward pass (Transformers' attention, so the first token
-  is exactly the plain path's), and its keys and values are copied into preallocated buffers;
+- a short prompt of one row (up to `PROMPT_WIDTHS[-1]` tokens: a chat turn) runs as one captured graph
+  per width, right-padded (`_prompt_step`): with the model's own modules, causal attention over the
+  prompt, and its keys and values written straight into the buffers — at 512 tokens the GPU needs
+  ~15-25 ms, and launching its ~1,000 kernels from Python took as long again. Longer prompts and
+  batches go through the model's own forward pass (Transformers' attention), and their keys and
+  values are copied into the buffers;
 - every later token runs `_step()`: the same modules (embeddings, norms, projections, MLPs — so
   bitsandbytes' NF4 layers work unchanged), attention written out here over the fixed buffers, with
   the slot being written held in a device tensor, q/k/v and gate/up each one matmul. Nothing in it
@@ -45,6 +49,10 @@ from lab.backend import SamplingParams
 from lab.decode import TopKTopP
 
 MIN_SLOTS = 1024  # cache lengths are powers of two from here, so requests share captured graphs
+# One-row prompts up to these widths (right-padded to the next one) run as a captured graph: a chat
+# turn's first token without Python launching every kernel. Past 512 tokens the prefill is bound by
+# the GPU, and the graphs' memory (NF4 dequantizes a whole weight per product) would grow with width.
+PROMPT_WIDTHS = (128, 256, 512)
 
 
 def supported(model) -> str | None:
@@ -113,10 +121,12 @@ class StaticDecoder:
     sampler that runs in the same captured graph (`sample_step`)."""
 
     def __init__(self, model, batch: int, max_len: int, eos_ids: Sequence[int] = (), pad_id: int = 0,
-                 graphs: bool | None = None, fuse: bool = True, compile: bool | None = None) -> None:
+                 graphs: bool | None = None, fuse: bool = True, compile: bool | None = None,
+                 prompt_widths: Sequence[int] | None = None) -> None:
         cfg = model.config
         self.fuse = fuse
         self.model = model
+        self.pad_id = pad_id
         self.layers = model.model.layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -151,6 +161,15 @@ class StaticDecoder:
             self.eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.long, device=dev)
             self.pad_token = torch.tensor(pad_id, dtype=torch.long, device=dev)
             self.ranks = torch.arange(TOP_K_MAX, device=dev)
+        # One row's prompt, right-padded (`_prompt_step`), and the index of its last token.
+        if prompt_widths is None:
+            prompt_widths = PROMPT_WIDTHS if (batch == 1 and dev.type == "cuda" and not is_int8(model)
+                                              and os.environ.get("LAB_PROMPT_GRAPHS", "1") != "0") else ()
+        self.prompt_widths = tuple(sorted(w for w in prompt_widths if w <= max_len)) if batch == 1 else ()
+        with torch.inference_mode():
+            self.prompt = torch.full((1, max(self.prompt_widths, default=0)), pad_id, dtype=torch.long, device=dev)
+            self.last = torch.zeros(1, dtype=torch.long, device=dev)
+        self.prompt_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: torch.Tensor | None = None
         self.owner: FastPath | None = None
         if fuse:
@@ -199,6 +218,7 @@ class StaticDecoder:
     def release(self) -> None:
         """Let go of the graphs (they own a memory pool), the compiled functions and the buffers."""
         self.graph = self.graph_sampled = self.logits = None
+        self.prompt_graphs = {}
         self._forward = self._sampler = None
         self.k, self.v = [], []
         self.model = self.layers = None
@@ -236,6 +256,34 @@ class StaticDecoder:
         h = norm(self.model.model.norm, h)
         self.cur.add_(1)
         return self.model.lm_head(h[:, -1]).float()
+
+    def _prompt_step(self, width: int) -> None:
+        """Row 0's prompt, right-padded to `width` in `prompt`: keys and values into slots 0..width-1 (those
+        past the prompt are overwritten by the tokens that follow before anything reads them), and the
+        logits of the token at `last` into `logits_buf`. Causal attention over the prompt alone, so the
+        padding after it changes nothing before it."""
+        g = self.n_heads // self.n_kv
+        freqs = self.slots[:width, None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.dtype)  # [width, d]
+        sin = (emb.sin() * self.rope_scale).to(self.dtype)
+        h = self.model.model.embed_tokens(self.prompt[:, :width])
+        norm = rms_norm if self.fuse else (lambda module, x: module(x))
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = project_qkv(attn, norm(layer.input_layernorm, h))
+            q = q.view(1, width, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(1, width, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(1, width, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            self.k[i][:, :, :width].copy_(k)
+            self.v[i][:, :, :width].copy_(v)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=g > 1)
+            h = h + linear(attn.o_proj, o.transpose(1, 2).reshape(1, width, self.n_heads * self.head_dim))
+            h = h + mlp(layer.mlp, norm(layer.post_attention_layernorm, h))
+        h = norm(self.model.model.norm, h.index_select(1, self.last))
+        self.logits_buf[:1].copy_(self.model.lm_head(h[:, 0]).float())
 
     def _sample(self) -> None:
         """The next token of every row from `logits_buf`, into `next` and `ids`: Transformers' order —
@@ -322,11 +370,15 @@ class StaticDecoder:
 
     # ---- the prompt -------------------------------------------------------------------------
     def prefill(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Left-pad the prompts into the buffers through the model's own forward; float32 logits of
-        each row's last prompt token."""
+        """Put the prompts into the buffers; float32 logits of each row's last prompt token. One short
+        row goes through `_prompt_step` (captured on CUDA); the rest, left-padded, through the model's
+        own forward."""
         assert 0 < len(rows) <= self.batch, (len(rows), self.batch)
         width = max(map(len, rows))
         assert width < self.max_len, (width, self.max_len)
+        fits = [w for w in self.prompt_widths if w >= width]
+        if len(rows) == 1 and fits:
+            return self._prefill_one(rows[0], fits[0])
         ids = torch.zeros((self.batch, width), dtype=torch.long)
         mask = torch.zeros((self.batch, width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -345,6 +397,31 @@ class StaticDecoder:
         self.cur.fill_(width)
         self.logits_buf.copy_(out.logits[:, -1])
         return self.logits_buf[:len(rows)]
+
+    def prepare_prompts(self, widths: Sequence[int] | None = None) -> torch.cuda.CUDAGraph | None:
+        """Capture the prompt step for these widths (all by default) unless done; returns the last one's
+        graph. Each width is captured on its first use, so a decoder that only ever sees long prompts holds
+        no memory for them; the model's warm-up prepares the chat decoder's in advance."""
+        graph = None
+        if self.graph is None:  # no graphs (a CPU): `_prompt_step` runs as it is
+            return None
+        for w in self.prompt_widths if widths is None else widths:
+            if w not in self.prompt_graphs:  # one pool with the step's: the graphs never run at the same time
+                self.prompt_graphs[w], _ = self._capture(lambda: self._prompt_step(w), pool=self.graph.pool())
+            graph = self.prompt_graphs[w]
+        return graph
+
+    def _prefill_one(self, row: Sequence[int], width: int) -> torch.Tensor:
+        padded = list(row) + [self.pad_id] * (width - len(row))
+        self.prompt[:, :width].copy_(torch.tensor([padded]))
+        self.last.fill_(len(row) - 1)
+        self.pad.zero_()
+        if self.graph is None:
+            self._prompt_step(width)
+        else:
+            self.prepare_prompts([width]).replay()
+        self.cur.fill_(len(row))
+        return self.logits_buf[:1]
 
 
 def rms_norm(module, x: torch.Tensor) -> torch.Tensor:

@@ -128,10 +128,11 @@ class HFModel:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-generate")
 
     def warm_up(self) -> None:
-        """Build (compile and capture) the batch-1 decode step now rather than in the first reply."""
+        """Build (compile and capture) the batch-1 decode step and its prompt steps now rather than in the
+        first reply."""
         if self.fast is not None:
             with self._lock, torch.inference_mode():
-                self.fast.decoder(1, fast.MIN_SLOTS)
+                self.fast.decoder(1, fast.MIN_SLOTS).prepare_prompts()
 
     @property
     def fast(self) -> "fast.FastPath | None":

@@ -23,11 +23,12 @@ def plain_logits(model, ids: list[int]) -> torch.Tensor:
         return model.model(torch.tensor([ids])).logits[0].float()
 
 
-def teacher_forced(model, rows: list[list[int]], forced: list[list[int]]) -> list[torch.Tensor]:
+def teacher_forced(model, rows: list[list[int]], forced: list[list[int]], prompt_widths=()) -> list[torch.Tensor]:
     """Logits the static decoder gives after each prompt and after each forced token."""
-    dec = fast.StaticDecoder(model.model, batch=len(rows), max_len=256, graphs=False)
+    dec = fast.StaticDecoder(model.model, batch=len(rows), max_len=256, graphs=False, prompt_widths=prompt_widths)
     out = [[] for _ in rows]
     with torch.inference_mode():
+        dec.k[0].fill_(7.0)  # slots past the prompt hold leftovers of an earlier reply
         logits = dec.prefill(rows)
         for step in range(len(forced[0])):
             for i in range(len(rows)):
@@ -37,10 +38,14 @@ def teacher_forced(model, rows: list[list[int]], forced: list[list[int]]) -> lis
     return [torch.stack(o) for o in out]
 
 
-def test_static_decoder_matches_a_plain_forward_pass(tiny):
+@pytest.mark.parametrize("widths", [(), "exact", "padded"], ids=["model-forward", "prompt-step", "prompt-step-padded"])
+def test_static_decoder_matches_a_plain_forward_pass(tiny, widths):
+    """The prompt through the model's own forward, or through `_prompt_step` at its own width or
+    right-padded to a wider one (the captured prefill's path on CUDA)."""
     prompt = tiny.encode(tiny.render([{"role": "user", "content": "Tell me about the sea."}]))
     forced = tiny.encode(" The sea is wide, blue and deep; 海很深。" * 2)[:24]
-    got = teacher_forced(tiny, [prompt], [forced])[0]
+    widths = {"exact": (len(prompt),), "padded": (len(prompt) // 2, len(prompt) + 37, 250)}.get(widths, widths)
+    got = teacher_forced(tiny, [prompt], [forced], widths)[0]
     want = plain_logits(tiny, prompt + forced)[len(prompt) - 1:len(prompt) - 1 + len(forced)]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
 
@@ -74,6 +79,23 @@ def test_greedy_decode_gives_generate_tokens(tiny, in_graph):
         ref = ref[:next((i + 1 for i, t in enumerate(ref) if t in tiny.eos_ids), len(ref))]
         assert new == ref
     assert len(seen) == max(len(t) for t in got.tokens)  # every step reached the host, in order
+
+
+def test_one_row_through_the_prompt_step_decodes_generate_tokens(tiny):
+    """A chat turn on CUDA: the prompt right-padded through `_prompt_step`, then the decode steps; run
+    twice on one decoder, so the second reply starts over the first one's keys and values."""
+    params = SamplingParams(temperature=0, max_new_tokens=16)
+    dec = fast.StaticDecoder(tiny.model, batch=1, max_len=256, eos_ids=tiny.eos_ids, pad_id=tiny.pad_id,
+                             graphs=False, prompt_widths=(64, 128))
+    for q in ("Write a long, long poem about the sea and the wind, please.", "Hi"):
+        row = tiny.encode(tiny.render([{"role": "user", "content": q}]))
+        assert len(row) < 128
+        got = fast.decode(dec, [row], fast.Sampler(params, tiny.eos_ids), 16, tiny.eos_ids, tiny.pad_id)
+        ids = torch.tensor([row])
+        with torch.no_grad():
+            ref = tiny.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      **tiny._generation_kwargs(params))[0, len(row):].tolist()
+        assert got.tokens[0] == ref[:len(got.tokens[0])] and len(got.tokens[0]) == len(ref)
 
 
 @torch.inference_mode()
