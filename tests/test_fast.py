@@ -360,3 +360,27 @@ def test_page_replies_through_the_fast_path_count_stop_and_cancel(fast_tiny):
     cancel.set()
     stats = [c.stats for c in stream if c.stats][0]
     assert stats.finish_reason == "cancelled" and stats.completion_tokens < 2000
+
+
+def test_float32_twin_is_the_model_itself_in_float32(tiny):
+    """The bench's reference for 16-bit decoders (`float32_twin_logits`) copies every weight and buffer:
+    for a float32 model it gives the model's own logits; for a bf16 model, the logits of its bf16 weights
+    in float32 arithmetic, which its own bf16 logits only approximate."""
+    import copy
+
+    from lab.bench.fast import float32_twin_logits
+
+    seq = tiny.encode(tiny.render([{"role": "user", "content": "Name three rivers of Europe."}])) + [11]
+    want = plain_logits(tiny, seq[:-1])
+    assert torch.allclose(float32_twin_logits(tiny.model, seq), want, atol=1e-5, rtol=1e-5)
+    half = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    with torch.no_grad():
+        own = half(torch.tensor([seq[:-1]])).logits[0].float()
+    twin = float32_twin_logits(half, seq)
+    rounded = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+        exact = rounded(torch.tensor([seq[:-1]])).logits[0].float()
+    assert torch.allclose(twin, exact, atol=1e-5, rtol=1e-5)
+    assert (own - exact).norm() > 10 * (twin - exact).norm()

@@ -280,8 +280,46 @@ def decoder_agreement(model, prompt_tokens: int = 512, steps: int = 256) -> dict
 
     rel, same = compare(got, want)
     floor_rel, floor_same = compare(whole, want)
-    return {"positions": len(forced), "max_rel_err": rel, "argmax_same": same, "graphs": dec.graph is not None,
-            "compiled": dec.compiled, "floor_rel_err": floor_rel, "floor_argmax_same": floor_same}
+    out = {"positions": len(forced), "max_rel_err": rel, "argmax_same": same, "graphs": dec.graph is not None,
+           "compiled": dec.compiled, "floor_rel_err": floor_rel, "floor_argmax_same": floor_same}
+    if model.model.dtype != torch.float32 and not fast.is_int8(model.model):
+        exact = float32_twin_logits(model.model, seq)[len(prompt) - 1:]
+        out["exact"] = {"fast": compare(got, exact), "plain": compare(want, exact),
+                        "plain_whole": compare(whole, exact)}
+    return out
+
+
+@torch.inference_mode()
+def float32_twin_logits(model, seq: list[int]) -> torch.Tensor:
+    """Logits of `seq` (one forward pass) from a float32 copy of `model`'s own weights — bf16 values as they
+    are, NF4 weights dequantized to the values its matmuls use — so the only difference from the model is
+    16-bit rounding of the activations: what both the plain and the fast path approximate. LLM.int8 has no
+    such twin (it quantizes the activations too)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(model.config)
+    cfg.quantization_config = None
+    with torch.device("meta"):
+        twin = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    twin.to_empty(device=model.device)
+    own = dict(model.named_modules())
+    for name, mod in twin.named_modules():
+        src = own[name]
+        for pname, p in mod.named_parameters(recurse=False):
+            w = getattr(src, pname)
+            if getattr(w, "quant_state", None) is not None:  # bitsandbytes NF4
+                import bitsandbytes.functional as bnbf
+
+                w = bnbf.dequantize_4bit(w.data, w.quant_state)
+            p.copy_(w.reshape(p.shape).float())
+        for bname, b in mod.named_buffers(recurse=False):
+            b.copy_(getattr(src, bname))
+    logits = twin(torch.tensor([seq[:-1]], device=model.device)).logits[0].float()
+    del twin
+    runtime.release_gpu_memory()
+    return logits
 
 
 def int8_product_agreement(model, layers: int = 4) -> dict:
@@ -377,6 +415,14 @@ def run(args) -> int:
                   "rel err <= 1e-4, argmax 100%" if tight else "rel err <= 1e-2, argmax >= 99%",
                   a["max_rel_err"] <= 1e-4 and a["argmax_same"] == 1.0 if tight
                   else a["max_rel_err"] <= 1e-2 and a["argmax_same"] >= 0.99)
+            if "exact" in a:  # how far each 16-bit path is from the same weights in float32 arithmetic
+                (f_rel, f_same), (p_rel, p_same), (w_rel, w_same) = (a["exact"][k] for k in ("fast", "plain",
+                                                                                              "plain_whole"))
+                check(f"decoder logits vs float32 arithmetic on the same weights, {quant}, {a['positions']} positions",
+                      f"fast: max rel err {f_rel:.2e}, argmax same {100 * f_same:.1f}%; plain token by token: "
+                      f"{p_rel:.2e}, {100 * p_same:.1f}%; plain one forward: {w_rel:.2e}, {100 * w_same:.1f}%",
+                      "no further than the plain path: rel err <= 1.25x plain's, argmax within 2 points",
+                      f_rel <= 1.25 * p_rel and f_same >= p_same - 0.02)
         if "agree" in cases and quant == "8bit" and gpu:
             a = int8_product_agreement(model)
             check(f"LLM.int8 products without host reads (lab.int8) vs bitsandbytes Linear8bitLt, {a['products']} "
