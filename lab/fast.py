@@ -112,6 +112,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope(positions: torch.Tensor, rotary, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transformers' rotary cos and sin ([..., head_dim], in `dtype`) for `positions` [...], from the model's
+    `rotary_emb` (its frequencies and attention scaling: YaRN and linear scaling included)."""
+    freqs = positions[..., None].float() * rotary.inv_freq.to(positions.device, torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    scale = float(getattr(rotary, "attention_scaling", 1.0))
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+def split_heads(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int, d: int):
+    """Projections [b, w, heads*d] as [b, w, heads, d], with Qwen3's per-head q/k norms where the layer has them."""
+    b, w = q.shape[:2]
+    q, k, v = q.view(b, w, n_heads, d), k.view(b, w, n_kv, d), v.view(b, w, n_kv, d)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v
+
+
 _LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()  # decoders that captured graphs
 
 TOP_K_MAX = 64  # top-k up to this samples inside the captured graph; larger (or off) samples eagerly
@@ -135,9 +157,7 @@ class StaticDecoder:
         self.batch, self.max_len = batch, max_len
         emb = model.model.embed_tokens.weight
         self.device, self.dtype = emb.device, emb.dtype
-        rot = model.model.rotary_emb
-        self.inv_freq = rot.inv_freq.to(self.device, torch.float32)
-        self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
+        self.rotary = model.model.rotary_emb
         shape = (batch, self.n_kv, max_len, self.head_dim)
         dev = self.device
         with torch.inference_mode():  # every use is under inference mode too (`decode` sees to it)
@@ -228,11 +248,7 @@ class StaticDecoder:
     def _step(self) -> torch.Tensor:
         """One token per row at slot `cur`; returns float32 logits [batch, vocab] and advances `cur`."""
         b, g = self.batch, self.n_heads // self.n_kv
-        pos = (self.cur - self.pad)[:, None]  # [b, 1] position ids
-        freqs = pos[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)[:, None]  # [b, 1, 1, d]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)[:, None]
+        cos, sin = rope((self.cur - self.pad)[:, None, None], self.rotary, self.dtype)  # [b, 1, 1, d]
         # Row b sees its own slots from pad[b] up to the one being written.
         mask = ((self.slots <= self.cur) & (self.slots >= self.pad[:, None]))[:, None, None, :]
         h = self.model.model.embed_tokens(self.ids)
@@ -240,12 +256,9 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = norm(layer.input_layernorm, h)
-            q, k, v = project_qkv(attn, x)
-            q = q.view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
-            k = k.view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            v = v.view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k, v = split_heads(attn, *project_qkv(attn, x), self.n_heads, self.n_kv, self.head_dim)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i].index_copy_(2, self.cur, k)
             self.v[i].index_copy_(2, self.cur, v)
             # Grouped-query attention without copying keys: the g query heads that share a key head
@@ -264,20 +277,15 @@ class StaticDecoder:
         logits of the token at `last` into `logits_buf`. Causal attention over the prompt alone, so the
         padding after it changes nothing before it."""
         g = self.n_heads // self.n_kv
-        freqs = self.slots[:width, None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(self.dtype)  # [width, d]
-        sin = (emb.sin() * self.rope_scale).to(self.dtype)
+        cos, sin = rope(self.slots[:width], self.rotary, self.dtype)  # [width, d]
         h = self.model.model.embed_tokens(self.prompt[:, :width])
         norm = rms_norm if self.fuse else (lambda module, x: module(x))
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = project_qkv(attn, norm(layer.input_layernorm, h))
-            q = q.view(1, width, self.n_heads, self.head_dim).transpose(1, 2)
-            k = k.view(1, width, self.n_kv, self.head_dim).transpose(1, 2)
-            v = v.view(1, width, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k, v = split_heads(attn, *project_qkv(attn, norm(layer.input_layernorm, h)), self.n_heads, self.n_kv,
+                                  self.head_dim)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i][:, :, :width].copy_(k)
             self.v[i][:, :, :width].copy_(v)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=g > 1)

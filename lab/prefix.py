@@ -176,19 +176,13 @@ def suffix_forward(model, prefix_kv, prefix_len: int, ids: torch.Tensor, last: t
     eight = fast.is_int8(model)  # LLM.int8: bitsandbytes' own products (the decoder's are sized for few rows)
     if not eight:
         fast.fuse_projections(model)
-    rot = inner.rotary_emb
-    freqs = (prefix_len + torch.arange(w, device=ids.device, dtype=torch.float32))[:, None] * rot.inv_freq.float()
-    emb = torch.cat((freqs, freqs), dim=-1)
-    scale = float(getattr(rot, "attention_scaling", 1.0))
     h = inner.embed_tokens(ids)
-    cos, sin = (emb.cos() * scale).to(h.dtype), (emb.sin() * scale).to(h.dtype)  # [w, d]
+    cos, sin = fast.rope(prefix_len + torch.arange(w, device=ids.device), inner.rotary_emb, h.dtype)  # [w, d]
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         x = fast.rms_norm(layer.input_layernorm, h)
         q, k, v = (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)) if eight else fast.project_qkv(attn, x)
-        q, k, v = q.view(b, w, n_heads, d), k.view(b, w, n_kv, d), v.view(b, w, n_kv, d)
-        if hasattr(attn, "q_norm"):  # Qwen3
-            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = fast.split_heads(attn, q, k, v, n_heads, n_kv, d)
         qp, qs, ks, vs = _attention_inputs(q, k, v, cos, sin, g)
         pk, pv = prefix_kv[i]  # [1, n_kv, prefix_len, d]
         o1, lse1 = attention_with_lse(qp, pk, pv, attn.scaling, causal=False)
@@ -206,8 +200,7 @@ def _attention_inputs(q, k, v, cos, sin, g: int):
     b, w, n_heads, d = q.shape
     n_kv = k.shape[2]
     c, s = cos[:, None], sin[:, None]
-    q = q * c + fast.rotate_half(q) * s
-    k = k * c + fast.rotate_half(k) * s
+    q, k = fast.apply_rope(q, c, s), fast.apply_rope(k, c, s)
     qp = q.view(b, w, n_kv, g, d).permute(2, 0, 1, 3, 4).reshape(1, n_kv, b * w * g, d)
     qs = q.transpose(1, 2)  # a view: the attention kernel reads [b, w, H, d] as it is
     ks = k.transpose(1, 2).repeat_interleave(g, dim=1)

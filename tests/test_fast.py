@@ -384,3 +384,32 @@ def test_float32_twin_is_the_model_itself_in_float32(tiny):
         exact = rounded(torch.tensor([seq[:-1]])).logits[0].float()
     assert torch.allclose(twin, exact, atol=1e-5, rtol=1e-5)
     assert (own - exact).norm() > 10 * (twin - exact).norm()
+
+
+@pytest.mark.parametrize("widths", [(), (32,)], ids=["model-forward", "prompt-step"])
+def test_static_decoder_keeps_qwen3_per_head_norms(widths):
+    """Qwen3 normalises each query and key head before rotary (`q_norm`, `k_norm`); the decode and prompt
+    steps must too. A small random Qwen3, float32, teacher-forced against its own forward pass."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # norms away from 1, so leaving them out would show
+            layer.self_attn.q_norm.weight.uniform_(0.2, 3.0)
+            layer.self_attn.k_norm.weight.uniform_(0.2, 3.0)
+    assert fast.supported(model) is None
+    ids = torch.randint(0, 300, (30,)).tolist()
+    prompt, forced = ids[:20], ids[20:]
+    dec = fast.StaticDecoder(model, batch=1, max_len=64, graphs=False, prompt_widths=widths)
+    got = []
+    with torch.inference_mode():
+        logits = dec.prefill([prompt])
+        for t in forced:
+            got.append(logits[0].clone())
+            dec.ids[0, 0] = t
+            logits = dec.step()
+        want = model(torch.tensor([ids[:-1]])).logits[0, len(prompt) - 1:].float()
+    assert torch.allclose(torch.stack(got), want, atol=1e-4, rtol=1e-4)
