@@ -23,9 +23,8 @@ def plain_logits(model, ids: list[int]) -> torch.Tensor:
         return model.model(torch.tensor([ids])).logits[0].float()
 
 
-def teacher_forced(model, rows: list[list[int]], forced: list[list[int]], prompt_widths=()) -> list[torch.Tensor]:
-    """Logits the static decoder gives after each prompt and after each forced token."""
-    dec = fast.StaticDecoder(model.model, batch=len(rows), max_len=256, graphs=False, prompt_widths=prompt_widths)
+def teacher_forced(dec: fast.StaticDecoder, rows: list[list[int]], forced: list[list[int]]) -> list[torch.Tensor]:
+    """Logits `dec` gives after each prompt and after each forced token, per row."""
     out = [[] for _ in rows]
     with torch.inference_mode():
         dec.k[0].fill_(7.0)  # slots past the prompt hold leftovers of an earlier reply
@@ -33,7 +32,7 @@ def teacher_forced(model, rows: list[list[int]], forced: list[list[int]], prompt
         for step in range(len(forced[0])):
             for i in range(len(rows)):
                 out[i].append(logits[i].clone())
-            dec.ids[:, 0] = torch.tensor([f[step] for f in forced])
+            dec.ids[:len(rows), 0] = torch.tensor([f[step] for f in forced])
             logits = dec.step()
     return [torch.stack(o) for o in out]
 
@@ -45,7 +44,8 @@ def test_static_decoder_matches_a_plain_forward_pass(tiny, widths):
     prompt = tiny.encode(tiny.render([{"role": "user", "content": "Tell me about the sea."}]))
     forced = tiny.encode(" The sea is wide, blue and deep; 海很深。" * 2)[:24]
     widths = {"exact": (len(prompt),), "padded": (len(prompt) // 2, len(prompt) + 37, 250)}.get(widths, widths)
-    got = teacher_forced(tiny, [prompt], [forced], widths)[0]
+    dec = fast.StaticDecoder(tiny.model, batch=1, max_len=256, graphs=False, prompt_widths=widths)
+    got = teacher_forced(dec, [prompt], [forced])[0]
     want = plain_logits(tiny, prompt + forced)[len(prompt) - 1:len(prompt) - 1 + len(forced)]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
 
@@ -54,7 +54,7 @@ def test_static_decoder_left_pads_rows_of_different_lengths(tiny):
     a = tiny.encode("A short prompt")
     b = tiny.encode("A much longer prompt that pads the other row on the left, by several tokens")
     forced = [tiny.encode(" one two three four five six seven")[:5], tiny.encode(" eight nine ten eleven twelve")[:5]]
-    got = teacher_forced(tiny, [a, b], forced)
+    got = teacher_forced(fast.StaticDecoder(tiny.model, batch=2, max_len=256, graphs=False), [a, b], forced)
     for prompt, f, g in zip((a, b), forced, got):
         want = plain_logits(tiny, prompt + f)[len(prompt) - 1:len(prompt) - 1 + len(f)]
         assert torch.allclose(g, want, atol=1e-4, rtol=1e-4), (g - want).abs().max()
@@ -403,13 +403,8 @@ def test_static_decoder_keeps_qwen3_per_head_norms(widths):
     assert fast.supported(model) is None
     ids = torch.randint(0, 300, (30,)).tolist()
     prompt, forced = ids[:20], ids[20:]
-    dec = fast.StaticDecoder(model, batch=1, max_len=64, graphs=False, prompt_widths=widths)
-    got = []
-    with torch.inference_mode():
-        logits = dec.prefill([prompt])
-        for t in forced:
-            got.append(logits[0].clone())
-            dec.ids[0, 0] = t
-            logits = dec.step()
+    got = teacher_forced(fast.StaticDecoder(model, batch=1, max_len=64, graphs=False, prompt_widths=widths),
+                         [prompt], [forced])[0]
+    with torch.no_grad():
         want = model(torch.tensor([ids[:-1]])).logits[0, len(prompt) - 1:].float()
-    assert torch.allclose(torch.stack(got), want, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -19,6 +19,7 @@ bnb = pytest.importorskip("bitsandbytes")  # in the test extra; the CPU build is
 from lab import fast  # noqa: E402
 from lab.backend import SamplingParams  # noqa: E402
 from lab.int8 import Int8Linear, is_int8_linear, weights  # noqa: E402
+from tests.test_fast import teacher_forced  # noqa: E402
 
 
 def int8_layer(n_in: int, n_out: int, bias: bool = True, threshold: float = 6.0, seed: int = 0):
@@ -115,15 +116,9 @@ def test_int8_decode_step_matches_the_plain_int8_forward(tiny):
     prompt = tiny.encode(tiny.render([{"role": "user", "content": "Name three rivers."}]))
     forced = tiny.encode(" The Nile, the Amazon and the Yangtze 长江.")[:12]
     dec = fast.StaticDecoder(model, batch=1, max_len=128, graphs=False)
-    got = []
+    got = teacher_forced(dec, [prompt], [forced])[0]
     with torch.inference_mode():
-        logits = dec.prefill([prompt])
-        for t in forced:
-            got.append(logits[0].clone())
-            dec.ids[0, 0] = t
-            logits = dec.step()
         want = model(torch.tensor([prompt + forced])).logits[0, len(prompt) - 1:-1].float()
-    got = torch.stack(got)
     assert model._lab_int8_seen > 0  # outliers did take the 16-bit way
     assert not dec.outliers_clipped()
     # fp16 with int8 products: rounding differs by kernel shape (one row vs a whole sequence); measured 5e-4 of 0.91
