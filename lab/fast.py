@@ -405,18 +405,15 @@ class StaticDecoder:
         self.logits_buf.copy_(out.logits[:, -1])
         return self.logits_buf[:len(rows)]
 
-    def prepare_prompts(self, widths: Sequence[int] | None = None) -> torch.cuda.CUDAGraph | None:
-        """Capture the prompt step for these widths (all by default) unless done; returns the last one's
-        graph. Each width is captured on its first use, so a decoder that only ever sees long prompts holds
-        no memory for them; the model's warm-up prepares the chat decoder's in advance."""
-        graph = None
-        if self.graph is None:  # no graphs (a CPU): `_prompt_step` runs as it is
-            return None
+    def prepare_prompts(self, widths: Sequence[int] | None = None) -> None:
+        """Capture the prompt step for these widths (all by default) unless done. Each width is captured on
+        its first use, so a decoder that only ever sees long prompts holds no memory for them; the model's
+        warm-up prepares the chat decoder's in advance. Without graphs (a CPU) `_prompt_step` runs as it is."""
+        if self.graph is None:
+            return
         for w in self.prompt_widths if widths is None else widths:
             if w not in self.prompt_graphs:  # one pool with the step's: the graphs never run at the same time
                 self.prompt_graphs[w], _ = self._capture(lambda: self._prompt_step(w), pool=self.graph.pool())
-            graph = self.prompt_graphs[w]
-        return graph
 
     def _prefill_one(self, row: Sequence[int], width: int) -> torch.Tensor:
         padded = list(row) + [self.pad_id] * (width - len(row))
@@ -426,7 +423,8 @@ class StaticDecoder:
         if self.graph is None:
             self._prompt_step(width)
         else:
-            self.prepare_prompts([width]).replay()
+            self.prepare_prompts([width])
+            self.prompt_graphs[width].replay()
         self.cur.fill_(len(row))
         return self.logits_buf[:1]
 
