@@ -5,7 +5,7 @@
     python app.py --model Qwen/Qwen2.5-3B-Instruct --quant bf16 --port 7861
     python app.py --host 0.0.0.0 --auth alice:secret
     python app.py --api --api-key secret            # also the OpenAI-compatible /v1 routes (lab.serve) on this port
-    python app.py --model openai:http://127.0.0.1:8000/v1#Qwen2.5-7B-Instruct   # a model on a server (lab.remote)
+    python app.py --model openai:http://127.0.0.1:8000/v1#Qwen2.5-7B-Instruct   # a model on a server
 
 Imported (a Hugging Face Space, `gradio app.py`), the flags come from LAB_MODEL, LAB_QUANT and
 LAB_DEVICE instead, and `demo` is the module-level Blocks.
@@ -22,26 +22,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones no
 if os.environ.get("SPACE_ID"):  # a Hugging Face Space: ZeroGPU needs `spaces` imported before torch touches CUDA
     try:
         import spaces  # noqa: F401
-    except ImportError:  # not installed: no ZeroGPU here, and lab.zerogpu.gpu stays a no-op
+    except ImportError:  # not installed: no ZeroGPU here, and lab.space.gpu stays a no-op
         pass
 
+from lab.cli import add_model_flags, load_request  # noqa: E402
 from lab.errors import LabError  # noqa: E402
-from lab.models import DEVICES, QUANTS  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     on_space = bool(os.environ.get("SPACE_ID"))
     p = argparse.ArgumentParser(prog="app.py", description="Qwen Lab: chat with and measure local LLMs.")
-    p.add_argument("--model", default=os.environ.get("LAB_MODEL"),
-                   help="registry name, Hub id (owner/name) or local checkpoint directory; default: "
-                        "Qwen2.5-7B-Instruct on CUDA, Qwen2.5-0.5B-Instruct on a CPU; tiny-random works offline")
-    p.add_argument("--quant", default=os.environ.get("LAB_QUANT", "auto"), choices=QUANTS,
-                   help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
-    p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
-    p.add_argument("--device", default=os.environ.get("LAB_DEVICE", "auto"), choices=DEVICES)
-    p.add_argument("--context", type=int, metavar="TOKENS",
-                   help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
-                        "(Qwen2.5-7B: up to 131072)")
+    add_model_flags(p)
     p.add_argument("--data-dir", help="benchmark data and tokenizer folder (sets LAB_DATA_DIR)")
     p.add_argument("--runs-dir", help="folder of the evaluation history, lab.db (sets LAB_RUNS_DIR; default runs/)")
     p.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
@@ -73,18 +64,18 @@ def create(args: argparse.Namespace, manager=None):
               file=sys.stderr)
         raise SystemExit(2)
     if args.api_key:
-        os.environ["LAB_API_KEY"] = args.api_key  # lab.remote reads it, for this model and any loaded later
+        os.environ["LAB_API_KEY"] = args.api_key  # the remote backend reads it, for this model and any loaded later
     if args.data_dir:
         os.environ["LAB_DATA_DIR"] = args.data_dir
     if args.runs_dir:
         os.environ["LAB_RUNS_DIR"] = args.runs_dir
-    from lab.session import LoadRequest, ModelManager
+    from lab.models.manager import ModelManager
 
     manager = manager or ModelManager()
     try:
         parse_auth(args.auth)
         print("Loading model…", file=sys.stderr, flush=True)
-        model = manager.load(LoadRequest(args.model, args.quant, args.device, not args.no_double_quant, args.context))
+        model = manager.load(load_request(args))
         print(f"Loaded {model.info.summary()}", file=sys.stderr, flush=True)
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,7 +86,7 @@ def create(args: argparse.Namespace, manager=None):
 
 
 args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
-from lab.session import ModelManager  # noqa: E402
+from lab.models.manager import ModelManager  # noqa: E402
 
 manager = ModelManager()  # one model for the page and, with --api, for /v1
 demo = create(args, manager)

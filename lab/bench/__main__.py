@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_fast(args)
         if args.case == "structured":
-            from lab.bench.structured import run as run_structured
+            from lab.bench.json_mode import run as run_structured
 
             return run_structured(args)
     except LabError as e:

@@ -22,11 +22,15 @@ from pathlib import Path
 import torch
 
 from lab import runtime
-from lab.backend import SamplingParams
 from lab.errors import LabError
+from lab.interface import SamplingParams
 from lab.models import load_model
+from lab.models.tiny import (
+    ensure_tiny_checkpoint,
+    qwen_tokenizer_dir,
+    write_random_checkpoint,
+)
 from lab.runtime import GIB
-from lab.tiny import ensure_tiny_checkpoint, qwen_tokenizer_dir, write_random_checkpoint
 
 
 def shape_checkpoint(shape: str, work_dir: Path) -> Path:

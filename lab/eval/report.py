@@ -7,60 +7,12 @@ Averages, named wherever a number is shown:
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from typing import Mapping, Sequence
+from collections import defaultdict
+from typing import Sequence
 
-from lab.eval.code import pass_at_k_table
 from lab.eval.store import Run, Sample
 
 AVERAGES = "micro = correct / questions (each question once); macro = mean of subject accuracies (each subject once)"
-
-
-def summarize_choice(samples: Sequence[Sample], groups: Mapping[str, Sequence[str]]) -> dict:
-    """Overall, per-group (categories, C-Eval Hard) and per-subject accuracy."""
-    by_subject: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_subject[s.subject or ""].append(s)
-    subjects = {
-        name: {"n": len(rows), "correct": sum(r.correct for r in rows), "accuracy": _mean(r.correct for r in rows)}
-        for name, rows in sorted(by_subject.items())
-    }
-
-    def block(names: Sequence[str]) -> dict:
-        present = [n for n in names if n in subjects]
-        n = sum(subjects[x]["n"] for x in present)
-        correct = sum(subjects[x]["correct"] for x in present)
-        return {"n": n, "correct": correct, "subjects": len(present),
-                "accuracy": correct / n if n else None,
-                "macro": _mean(subjects[x]["accuracy"] for x in present)}
-
-    overall = block(list(subjects))
-    overall["unparseable"] = sum(1 for s in samples if s.extracted is None)
-    return {
-        "overall": overall,
-        "groups": {g: block(names) for g, names in groups.items() if any(x in subjects for x in names)},
-        "subjects": subjects,
-        "averages": AVERAGES,
-    }
-
-
-def summarize_code(samples: Sequence[Sample]) -> dict:
-    per_task: dict[str, list[bool]] = defaultdict(list)
-    for s in samples:
-        per_task[s.subject or s.key].append(s.correct)
-    counts = {t: (len(v), sum(v)) for t, v in per_task.items()}
-    ks = [k for k in (1, 10, 100) if counts and k <= min(n for n, _ in counts.values())]
-    return {
-        "overall": {"tasks": len(per_task), "samples": len(samples), "passed": sum(s.correct for s in samples),
-                    **pass_at_k_table(counts, ks)},
-        "statuses": dict(Counter(s.detail.get("status", "?") for s in samples)),
-        "averages": "pass@k: the unbiased estimator per task, averaged over tasks",
-    }
-
-
-def _mean(values) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
 
 
 # ---- text tables ------------------------------------------------------------------------
@@ -101,7 +53,7 @@ def summary_text(run: Run, summary: dict, subjects: bool = False) -> str:
     return text + f"\n{o['unparseable']} unparseable answers (counted wrong). {AVERAGES}."
 
 
-def compare(run_a: Run, samples_a: Sequence[Sample], run_b: Run, samples_b: Sequence[Sample]) -> dict:
+def run_delta(run_a: Run, samples_a: Sequence[Sample], run_b: Run, samples_b: Sequence[Sample]) -> dict:
     """B minus A, overall and per subject, on the samples both runs hold; and the samples that flipped."""
     a = {s.key: s for s in samples_a}
     b = {s.key: s for s in samples_b}
@@ -127,7 +79,7 @@ def compare(run_a: Run, samples_a: Sequence[Sample], run_b: Run, samples_b: Sequ
     }
 
 
-def compare_text(cmp: dict, run_a: Run, run_b: Run, max_flips: int = 20) -> str:
+def delta_text(cmp: dict, run_a: Run, run_b: Run, max_flips: int = 20) -> str:
     o = cmp["overall"]
     lines = [f"A = {run_a.label}", f"B = {run_b.label}",
              f"{cmp['shared']} samples in both runs (only A: {cmp['only_a']}, only B: {cmp['only_b']})", ""]
@@ -140,6 +92,12 @@ def compare_text(cmp: dict, run_a: Run, run_b: Run, max_flips: int = 20) -> str:
     if len(cmp["flipped"]) > max_flips:
         lines.append(f"  ... {len(cmp['flipped']) - max_flips} more (export the runs for all of them)")
     return "\n".join(lines)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
 
 
 def _signed(x: float | None) -> str:

@@ -1,6 +1,6 @@
-"""Run history: one SQLite file (`runs/lab.db`; --runs-dir or LAB_RUNS_DIR moves it).
+"""Evaluation runs and their samples in the run history (lab.db's `runs` and `samples`; lab/db.py).
 
-    store = RunStore.open()                 # creates the file and tables on first use
+    store = RunStore.open()                 # creates (or migrates) the file on first use
     run_id = store.create_run(meta)         # meta: benchmark, model, quant, parameters, versions, ...
     store.add_samples(run_id, records)      # one transaction per batch, as the batch completes
     store.done_keys(run_id)                 # what a resumed run skips
@@ -18,54 +18,13 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from lab.db import Database
 from lab.errors import LabError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          TEXT PRIMARY KEY,
-    benchmark   TEXT NOT NULL,
-    subset      TEXT,
-    mode        TEXT NOT NULL,
-    shots       INTEGER,
-    model       TEXT NOT NULL,
-    quant       TEXT,
-    params      TEXT NOT NULL,      -- JSON: everything that shapes the result (limit, seed, sampling, ...)
-    data_source TEXT,
-    versions    TEXT,               -- JSON: torch, transformers, bitsandbytes, GPU, ...
-    seed        INTEGER,
-    n_total     INTEGER,            -- samples the finished run will hold
-    status      TEXT NOT NULL,      -- running, finished, cancelled, failed
-    owner       TEXT,               -- "host:pid" of the process running it, to tell a killed run from a live one
-    started_at  REAL NOT NULL,
-    ended_at    REAL,
-    summary     TEXT                -- JSON, written when the run ends
-);
-CREATE TABLE IF NOT EXISTS samples (
-    run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    key        TEXT NOT NULL,       -- "anatomy/12", "HumanEval/7#0" (task, sample number)
-    position   INTEGER NOT NULL,    -- order in the run's item list
-    subject    TEXT,
-    prompt     TEXT NOT NULL,       -- exactly what the model was given
-    output     TEXT,                -- raw model output (or the scored letters' log-probabilities)
-    extracted  TEXT,                -- the answer read from it: a letter, or the program's completion
-    gold       TEXT,
-    correct    INTEGER NOT NULL,
-    detail     TEXT,                -- JSON: log-probabilities, sandbox result, token counts, ...
-    duration_s REAL,
-    PRIMARY KEY (run_id, key)
-);
-CREATE INDEX IF NOT EXISTS samples_run_position ON samples(run_id, position);
-"""
-
-
-def runs_dir(value: str | Path | None = None) -> Path:
-    return Path(value or os.environ.get("LAB_RUNS_DIR") or "runs")
 
 
 @dataclass
@@ -132,49 +91,17 @@ class Run:
         return f"{self.id} · {self.benchmark}{sub} {self.mode} · {self.model} {self.quant or ''} · {when}"
 
 
-def history_file(directory: str | Path | None = None, what: str = "") -> Path:
-    """lab.db in the run-history folder, the folder created; one sentence when it cannot be."""
-    d = runs_dir(directory)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LabError(f"The run history {d / 'lab.db'} cannot be opened{what} ({e}); "
-                       "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
-    return d / "lab.db"
-
-
-def thread_connection(local: threading.local, path: Path) -> sqlite3.Connection:
-    """One connection per thread (the page reads while an evaluation thread writes), in WAL mode."""
-    conn = getattr(local, "conn", None)
-    if conn is None:
-        conn = sqlite3.connect(path, timeout=30)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        local.conn = conn
-    return conn
-
-
 class RunStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        with self._conn() as c:
-            c.executescript(SCHEMA)
-            if "owner" not in {r[1] for r in c.execute("PRAGMA table_info(runs)")}:  # a file from before the column
-                c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.path = db.path
 
     @classmethod
     def open(cls, directory: str | Path | None = None) -> "RunStore":
-        path = history_file(directory)
-        try:
-            return cls(path)
-        except sqlite3.DatabaseError as e:
-            raise LabError(f"The run history {path} cannot be opened ({e}); "
-                           "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
+        return cls(Database.open(directory))
 
     def _conn(self) -> sqlite3.Connection:
-        return thread_connection(self._local, self.path)
+        return self.db.conn()
 
     def create_run(self, *, benchmark: str, mode: str, model: str, params: dict, n_total: int,
                    subset: str | None = None, shots: int | None = None, quant: str | None = None,

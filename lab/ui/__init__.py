@@ -1,14 +1,15 @@
 """The Gradio page: one module per tab; `build_app()` puts them together.
 
-The UI is a leaf: it calls `lab.session`, `lab.chat` and the model interface, and nothing
-outside `lab/ui` imports Gradio.
+The UI is a leaf: it calls the model manager, `lab.chat`, `lab.compare`, `lab.eval` and the model
+interface, and nothing outside `lab/ui` imports Gradio; deleting it leaves every benchmark, the server
+and the CLIs running. `common` holds what the tabs share.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from lab.session import ModelManager
+from lab.models.manager import ModelManager
 from lab.ui.chat_tab import build_chat_tab
 from lab.ui.compare_tab import build_compare_tab
 from lab.ui.eval_tab import build_eval_tab

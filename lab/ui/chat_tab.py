@@ -13,52 +13,43 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import gradio as gr
 
-from lab.backend import ReplyStats, SamplingParams
-from lab.chat import (Conversation, dropped_note, export_conversation, export_json, fit_to_context,
-                      format_stats, parse_history, sampling_from_ui)
+from lab.chat.conversation import (
+    Conversation,
+    dropped_note,
+    export_conversation,
+    export_json,
+    fit_to_context,
+    format_stats,
+    parse_history,
+    sampling_from_ui,
+)
+from lab.chat.presets import system_presets
+from lab.chat.tools import tool_message
 from lab.errors import LabError
-from lab.models import QUANTS, REGISTRY
-from lab.prompts import system_presets
-from lab.session import LoadRequest, ModelManager
-from lab.toolcalls import tool_message
-from lab.ui.chat_tools import Structured, build_panels, build_settings, call_of, display, panels
-from lab.zerogpu import gpu
+from lab.interface import ReplyStats, SamplingParams
+from lab.models.manager import LoadRequest, ModelManager
+from lab.models.registry import QUANTS, REGISTRY
+from lab.space import gpu
+from lab.ui.chat_tools import (
+    ReplyShape,
+    build_panels,
+    build_settings,
+    call_of,
+    display,
+    panels,
+)
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
-STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
 DEFAULTS = SamplingParams()  # Qwen2.5-Instruct's own sampling defaults
 GPU_SECONDS = 120  # ZeroGPU: how long one reply may hold the GPU (a Space owner can lower max new tokens)
 STATS_HEADERS = ["#", "prompt tok", "completion tok", "first token ms", "tok/s", "GPU peak GiB", "seed", "finish"]
-
-
-class SessionCancels:
-    """One cancel event per browser session (or API client session), set by Stop."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, key: str) -> threading.Event:
-        with self._lock:
-            self._events[key] = event = threading.Event()
-        return event
-
-    def stop(self, key: str) -> None:
-        with self._lock:
-            if key in self._events:
-                self._events[key].set()
-
-    def finish(self, key: str, event: threading.Event) -> None:
-        with self._lock:
-            if self._events.get(key) is event:
-                del self._events[key]
 
 
 def stats_rows(conv: Conversation) -> list[list]:
@@ -150,10 +141,10 @@ def build_chat_tab(manager: ModelManager) -> None:
     panel_outputs = [json_panel, json_check, json_view, tool_panel, calls_md]
 
     # ---- callbacks ----------------------------------------------------------------------
-    def stream_reply(conv: Conversation, system_prompt: str, params, structured: Structured, key: str):
+    def stream_reply(conv: Conversation, system_prompt: str, params, shape: ReplyShape, key: str):
         """Stream a reply to the conversation as it stands (its last message is the user's or a tool result)."""
         model = manager.model
-        tools = structured.tools or None
+        tools = shape.tools or None
         fitted = fit_to_context(system_prompt, conv.messages, lambda m: model.count_chat_tokens(m, tools),
                                 model.info.context_length, params.max_new_tokens)
         event = cancels.start(key)
@@ -172,7 +163,7 @@ def build_chat_tab(manager: ModelManager) -> None:
         finally:
             cancels.finish(key, event)
         assert isinstance(stats, ReplyStats), "stream_chat ends with a chunk carrying stats"
-        reply, extra = structured.finish(text)
+        reply, extra = shape.finish(text)
         conv.add_reply(text, stats, params, fitted.dropped_turns, message=reply, **extra)
         used = stats.prompt_tokens + stats.completion_tokens
         line = f"{format_stats(conv.stats[len(conv.messages) - 1])} · context {used:,}/{model.info.context_length:,}"
@@ -184,9 +175,9 @@ def build_chat_tab(manager: ModelManager) -> None:
         `values`: the six sampling settings, then JSON mode, the schema and the tools (as the form has them)."""
         try:
             params = sampling_from_ui(*values[:6])
-            structured = Structured.from_ui(*values[6:9])  # a bad schema or tool list ends here, before decoding
-            params.response_format = structured.response_format
-            yield from stream_reply(conv, system_prompt, params, structured, key)
+            shape = ReplyShape.from_ui(*values[6:9])  # a bad schema or tool list ends here, before decoding
+            params.response_format = shape.response_format
+            yield from stream_reply(conv, system_prompt, params, shape, key)
         except LabError as e:
             if restore_on_error is not None:
                 text = conv.messages[restore_on_error]["content"] if restore_on_error < len(conv.messages) else ""

@@ -12,24 +12,32 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from lab.chat import Conversation
+from lab.chat.conversation import Conversation
+from lab.chat.json_mode import response_format, validate
+from lab.chat.presets import tool_sets
+from lab.chat.tools import (
+    ToolCall,
+    assistant_message,
+    dump_tools,
+    format_call,
+    load_tools,
+    parse_tool_calls,
+)
 from lab.errors import LabError
-from lab.structured import response_format, validate
-from lab.toolcalls import ToolCall, assistant_message, dump_tools, format_call, load_tools, parse_tool_calls, tool_sets
 
 NO_TOOLS = "No tools"
 CUSTOM_TOOLS = "Custom"
 
 
 @dataclass
-class Structured:
+class ReplyShape:
     """What a reply is asked for besides text: a response format, and tools the model may call."""
 
     response_format: dict | None = None
     tools: list[dict] = field(default_factory=list)
 
     @classmethod
-    def from_ui(cls, json_mode: bool, schema_text: str | None, tools_text: str | None) -> "Structured":
+    def from_ui(cls, json_mode: bool, schema_text: str | None, tools_text: str | None) -> "ReplyShape":
         fmt = response_format(bool(json_mode), schema_text)
         tools = load_tools(tools_text or "")
         if fmt and tools:

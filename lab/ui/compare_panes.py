@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab.chat import format_stats
+from lab.chat.conversation import format_stats
 from lab.compare import MAX_PANES, SLOT, Comparison, Variant, parse_variants
 
 FIELDS = ("name", "preset", "system", "template", "temperature", "top_p", "top_k", "repetition_penalty",

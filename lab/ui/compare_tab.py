@@ -13,31 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import queue
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from lab.compare import (BENCH_HEADERS, MAX_PANES, Comparison, bench_table, bench_variants, check_input, list_sets,
-                         load_set, parse_variants, run_variants, save_set, word_diff_html)
+from lab.chat.presets import system_presets
+from lab.compare import MAX_PANES, Comparison, check_input, parse_variants, run_variants
+from lab.compare.bench import BENCH_HEADERS, bench_table, bench_variants
+from lab.compare.diff import word_diff_html
+from lab.compare.sets import list_sets, load_set, save_set
+from lab.compare.votes import TALLY_HEADERS, VoteStore
 from lab.errors import LabError
-from lab.eval.runner import DEFAULT_SEED
-from lab.eval.spec import BENCHMARKS
-from lab.prompts import system_presets
-from lab.session import ModelManager
+from lab.eval.plan import DEFAULT_SEED
+from lab.eval.spec import benchmarks
+from lab.models.manager import ModelManager
+from lab.space import gpu
 from lab.ui import compare_panes as cp
-from lab.ui.chat_tab import SessionCancels
-from lab.votes import TALLY_HEADERS, VoteStore
-from lab.zerogpu import gpu
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, in_background
 
-STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
 BENCH_UPDATE_S = 0.25
-_DONE = object()
 
 
 def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
@@ -99,8 +97,8 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     export_file = gr.File(label="Comparison export", visible=False, elem_id="cmp-export-file")
     with gr.Accordion("Variants on a benchmark (greedy; each variant's system prompt and template)", open=False):
         with gr.Row(equal_height=True):
-            bench = gr.Dropdown(list(BENCHMARKS), value=BENCHMARKS[0], label="Benchmark",
-                                info="MMLU and C-Eval in gen mode, HumanEval in instruct mode", elem_id="cmp-bench")
+            bench = gr.Dropdown(benchmarks(), value=benchmarks()[0], label="Benchmark",
+                                info="multiple choice in gen mode, code in instruct mode", elem_id="cmp-bench")
             bench_limit = gr.Number(20, precision=0, minimum=1, label="Items (seeded sample)",
                                     elem_id="cmp-bench-limit")
             bench_seed = gr.Number(DEFAULT_SEED, precision=0, label="Seed", elem_id="cmp-bench-seed")
@@ -215,45 +213,31 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     # ---- variants on a benchmark ----------------------------------------------------------
     def bench_watch(variants, benchmark: str, limit, seed, max_new, key: str):
-        """Run the variants on the benchmark in a thread; yield progress lines, then (line, table rows)."""
+        """Run the variants on the benchmark in the background; yield progress lines, then (line, table rows)."""
         try:
             model = manager.model
         except LabError as e:
             raise gr.Error(str(e)) from None
-        event = cancels.start(key)
-        updates: queue.Queue = queue.Queue()
-        outcome: dict = {}
 
-        def work() -> None:
-            try:
-                outcome["rows"] = bench_variants(
-                    model, variants, benchmark, int(limit) if limit else 0, None if seed is None else int(seed),
-                    int(max_new) if max_new else None, on_progress=lambda i, p: updates.put((i, p)), cancel=event)
-            except BaseException as e:  # handed to the page below
-                outcome["error"] = e
-            finally:
-                updates.put(_DONE)
+        def job(on_progress, cancel):
+            return bench_variants(model, variants, benchmark, int(limit) if limit else 0,
+                                  None if seed is None else int(seed), int(max_new) if max_new else None,
+                                  on_progress=lambda i, p: on_progress((i, p)), cancel=cancel)
 
-        thread = threading.Thread(target=work, name="lab-compare-bench", daemon=True)
-        thread.start()
         shown_at = 0.0
+        work = in_background(job, cancels, key, name="lab-compare-bench")
         try:
-            while (item := updates.get()) is not _DONE:
+            while True:
+                i, p = next(work)
                 if time.monotonic() - shown_at >= BENCH_UPDATE_S:
                     shown_at = time.monotonic()
-                    i, p = item
                     yield f"Variant {i + 1}/{len(variants)} **{variants[i].name}**: {p}", None
+        except StopIteration as done:
+            rows = done.value
+        except LabError as e:
+            raise gr.Error(str(e)) from None
         finally:
-            if thread.is_alive():  # the page went away: stop after this batch; the runs stay resumable
-                event.set()
-            thread.join()
-            cancels.finish(key, event)
-        error = outcome.get("error")
-        if isinstance(error, LabError):
-            raise gr.Error(str(error))
-        if error is not None:
-            raise error
-        rows = outcome["rows"]
+            work.close()
         note = (f"{len(rows)} runs on {benchmark}, {int(limit)} items each; they are in the Evaluate tab's history: "
                 + ", ".join(f"`{r.run_id}`" for r in rows))
         yield note, rows
@@ -323,11 +307,12 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     gr.api(gpu(duration=120)(compare), api_name="compare", concurrency_id="model")
 
-    def compare_bench(variants: str, benchmark: str = "mmlu", limit: int = 20, seed: int = DEFAULT_SEED,
+    def compare_bench(variants: str, benchmark: str | None = None, limit: int = 20, seed: int = DEFAULT_SEED,
                       max_new_tokens: int = 256) -> list[dict]:
-        """Each variant's system prompt and template over the same seeded `limit` items of the benchmark (MMLU
-        or C-Eval in gen mode, HumanEval in instruct mode), greedy: one saved run per variant. Returns one row per
-        variant: variant, run_id, status, accuracy (HumanEval: pass@1), correct, items."""
+        """Each variant's system prompt and template over the same seeded `limit` items of the benchmark (None:
+        the first listed; multiple choice in gen mode, code in instruct mode), greedy: one saved run per variant.
+        Returns one row per variant: variant, run_id, status, accuracy (code: pass@1), correct, items."""
+        benchmark = benchmark or benchmarks()[0]
         try:
             parsed = parse_variants(variants)
         except LabError as e:

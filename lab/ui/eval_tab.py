@@ -1,4 +1,4 @@
-"""The Evaluate tab: run MMLU, C-Eval or HumanEval on the loaded model with live progress and
+"""The Evaluate tab: run any benchmark of evals/ on the loaded model with live progress and
 Cancel/Resume; the summary, a per-subject chart and every sample; the run history; two runs compared.
 
 The runner works in a background thread and writes each batch to the run store (`runs/lab.db`,
@@ -14,8 +14,6 @@ seed -> run id, summary, progress text; streamed), `/eval_cancel`, `/eval_resume
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from typing import Callable
 
@@ -24,20 +22,19 @@ import pandas as pd
 
 from lab.errors import LabError
 from lab.eval import report
-from lab.eval.runner import DEFAULT_SEED, EvalRequest, Progress, Runner
-from lab.eval.spec import BENCHMARKS, load_spec
+from lab.eval.kinds import kind_of
+from lab.eval.runner import DEFAULT_SEED, EvalRequest, Progress, Runner, default_mode
+from lab.eval.spec import benchmarks, load_spec
 from lab.eval.store import RunStore
-from lab.session import ModelManager
-from lab.spaces import EVAL_NOTICE, cap_limit
+from lab.models.manager import ModelManager
+from lab.space import cap_limit, eval_notice, gpu, on_space
 from lab.ui import eval_views as views
-from lab.ui.chat_tab import SessionCancels
-from lab.zerogpu import gpu, on_space
+from lab.ui.common import SessionCancels, in_background
 
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
 GPU_SECONDS = 180  # ZeroGPU: how long one run may hold the GPU (a Space caps runs at 100 questions / 20 problems)
 POLL_S = 1.0  # without news from the runner, the elapsed time still ticks once a second
-_DONE = object()
 
 
 def request_from_form(benchmark: str, subset: str | None, mode: str | None, shots: float | None,
@@ -50,7 +47,7 @@ def request_from_form(benchmark: str, subset: str | None, mode: str | None, shot
         benchmark=benchmark,
         subset=None if subset in (None, "", views.NO_SUBSET) else subset,
         mode=mode or None,
-        shots=None if spec.kind == "code" or shots is None else int(shots),
+        shots=None if not kind_of(spec).TAKES_SHOTS or shots is None else int(shots),
         limit=int(limit) if limit else None,
         seed=DEFAULT_SEED if seed is None else int(seed))
 
@@ -67,7 +64,8 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     def model_markdown() -> str:
         return views.model_markdown(manager.model.info if manager.loaded else None)
 
-    first = load_spec(BENCHMARKS[0])
+    names = benchmarks()
+    first = load_spec(names[0])
     try:
         past, choices, note = views.history_frame(store()), views.run_choices(store()), "Pick a benchmark, press Start."
     except LabError as e:
@@ -78,13 +76,12 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         with gr.Column(scale=1, min_width=260):
             model_md = gr.Markdown(model_markdown(), elem_id="eval-model")
             if on_space():
-                gr.Markdown(f"ℹ️ {EVAL_NOTICE}", elem_id="eval-space-notice")
-            benchmark = gr.Dropdown(list(BENCHMARKS), value=first.name, label="Benchmark", elem_id="eval-benchmark")
+                gr.Markdown(f"ℹ️ {eval_notice()}", elem_id="eval-space-notice")
+            benchmark = gr.Dropdown(names, value=first.name, label="Benchmark", elem_id="eval-benchmark")
             subset = gr.Dropdown(views.subset_choices(first.name), value=views.NO_SUBSET, label="Subset",
                                  allow_custom_value=True, elem_id="eval-subset")
-            mode = gr.Dropdown(list(first.modes), value=first.default_mode, allow_custom_value=True,
-                               label="Mode", info="logprob scores the letters; gen lets the model answer",
-                               elem_id="eval-mode")
+            mode = gr.Dropdown(list(kind_of(first).MODES), value=default_mode(first), allow_custom_value=True,
+                               label="Mode", info=kind_of(first).MODE_HELP, elem_id="eval-mode")
             shots = gr.Slider(0, 5, value=first.default_shots, step=1, label="Shots (solved examples first)",
                               elem_id="eval-shots")
             limit = gr.Number(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
@@ -143,49 +140,26 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     # ---- running --------------------------------------------------------------------------
     def watch(job: Callable, bench: str, key: str):
-        """Run `job(on_progress, cancel)` in a thread; yield progress, then the run id and its summary."""
-        event = cancels.start(key)
-        updates: queue.Queue = queue.Queue()
-        outcome: dict = {}
-
-        def work() -> None:
-            try:
-                outcome["result"] = job(updates.put, event)
-            except BaseException as e:  # handed to the page below
-                outcome["error"] = e
-            finally:
-                updates.put(_DONE)
-
+        """Run `job(on_progress, cancel)` in the background; yield progress, then the run id and its summary."""
         t0, shown, latest = time.monotonic(), 0.0, None
-        thread = threading.Thread(target=work, name="lab-eval", daemon=True)
-        thread.start()
+        yield gr.skip(), gr.skip(), views.progress_html(views.running_text(None, bench, 0))
+        work = in_background(job, cancels, key, tick=POLL_S, name="lab-eval")
         try:
-            yield gr.skip(), gr.skip(), views.progress_html(views.running_text(None, bench, 0))
             while True:
-                try:
-                    item = updates.get(timeout=POLL_S)
-                except queue.Empty:
-                    item = None
-                if item is _DONE:
-                    break
+                item = next(work)
                 latest = item if isinstance(item, Progress) else latest
                 if time.monotonic() - shown >= UPDATE_INTERVAL_S:
                     shown = time.monotonic()
                     fraction = latest.done / latest.total if latest and latest.total else None
                     yield gr.skip(), gr.skip(), views.progress_html(
                         views.running_text(latest, bench, shown - t0), fraction)
+        except StopIteration as done:
+            result = done.value
+        except LabError as e:
+            yield gr.skip(), gr.skip(), views.progress_html(str(e), tone="error")
+            raise gr.Error(str(e)) from None
         finally:
-            if thread.is_alive():  # the page went away: stop after this batch; the run stays resumable
-                event.set()
-            thread.join()
-            cancels.finish(key, event)
-        error = outcome.get("error")
-        if isinstance(error, LabError):
-            yield gr.skip(), gr.skip(), views.progress_html(str(error), tone="error")
-            raise gr.Error(str(error))
-        if error is not None:
-            raise error
-        result = outcome["result"]
+            work.close()
         run = store().get(result.run_id)
         text, tone = views.result_text(run, result.summary, len(result.samples), time.monotonic() - t0)
         # The bare id, so a program gets a string; the dropdown's choices follow in the next event.
@@ -200,8 +174,8 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         """Run a benchmark on the loaded model: progress while it runs, then the run id and its summary.
 
         subset: "none" or empty for the whole benchmark; mode: empty for the benchmark's default
-        (logprob, or instruct for humaneval); shots: 0-5, ignored for humaneval; limit: at most this
-        many items drawn with the seed, 0 or empty for all."""
+        (logprob for multiple choice, instruct for code); shots: 0-5, ignored where the benchmark takes
+        none; limit: at most this many items drawn with the seed, 0 or empty for all."""
         try:
             req = request_from_form(benchmark, subset, mode, shots, limit, seed)
             manager.model  # no model loaded: the sentence that says so, before a GPU is asked for
@@ -210,7 +184,7 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
             yield from refuse(e)
             return
         if on_space():  # a shared GPU: small samples only, and the page says so
-            req.limit, notice = cap_limit(plan.spec.kind, plan.spec.title, len(plan.items), req.limit)
+            req.limit, notice = cap_limit(kind_of(plan.spec), plan.spec.title, len(plan.items), req.limit)
             if notice:
                 gr.Warning(notice)
         yield from run_on_gpu(req, request.session_hash)
@@ -297,18 +271,17 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                "compare runs of one benchmark.")
         except LabError as e:
             raise gr.Error(str(e)) from None
-        cmp = report.compare(run_a, store().samples(a), run_b, store().samples(b))
+        cmp = report.run_delta(run_a, store().samples(a), run_b, store().samples(b))
         return views.compare_views(cmp, run_a, run_b)
 
     def on_benchmark(name: str):
         spec = load_spec(name)
-        choice = spec.kind == "choice"
+        kind = kind_of(spec)
         return (gr.Dropdown(choices=views.subset_choices(name), value=views.NO_SUBSET),
-                gr.Dropdown(choices=list(spec.modes), value=spec.default_mode,
-                            info="logprob scores the letters; gen lets the model answer" if choice else
-                            "instruct: a chat request; completion: the model continues the code"),
-                gr.Slider(value=spec.default_shots if choice else 0, interactive=choice,
-                          label="Shots (solved examples first)" if choice else "Shots (HumanEval takes none)"))
+                gr.Dropdown(choices=list(kind.MODES), value=default_mode(spec), info=kind.MODE_HELP),
+                gr.Slider(value=spec.default_shots if kind.TAKES_SHOTS else 0, interactive=kind.TAKES_SHOTS,
+                          label="Shots (solved examples first)" if kind.TAKES_SHOTS
+                          else f"Shots ({spec.title} takes none)"))
 
     # ---- events -----------------------------------------------------------------------------
     # Start and Resume end alike: show the run, then refresh the history and the lists of runs.

@@ -15,6 +15,7 @@ import time
 import pandas as pd
 
 from lab.eval import report
+from lab.eval.kinds import kind_of
 from lab.eval.runner import Progress, Runner
 from lab.eval.spec import load_spec
 from lab.eval.store import Run, RunStore, Sample
@@ -61,7 +62,7 @@ def progress_html(text: str, fraction: float | None = None, tone: str = "run") -
 def running_text(p: Progress | None, benchmark: str, elapsed_s: float) -> str:
     if p is None:
         return f"{benchmark}: loading the data and running the first batch… {elapsed_s:.0f} s"
-    what = "running pass rate" if benchmark == "humaneval" else "running accuracy"
+    what = f"running {kind_of(load_spec(benchmark)).RATE}"
     acc = "—" if p.accuracy is None else f"{100 * p.accuracy:.1f}%"
     return f"{p.run_id}: {p.done}/{p.total} done · {what} {acc} · {elapsed_s:.0f} s"
 

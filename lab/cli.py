@@ -1,0 +1,36 @@
+"""The model flags `app.py`, `python -m lab.serve` and `python -m lab.eval` share, and the load request they make.
+
+    add_model_flags(parser)                  # --model --quant --no-double-quant --device --context
+    manager.load(load_request(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lab.models.manager import LoadRequest
+from lab.models.registry import DEVICES, QUANTS
+
+MODEL_HELP = ("registry name, Hub id (owner/name), local checkpoint directory, or openai:BASE_URL#MODEL for a model "
+              "behind an OpenAI-compatible server; default: Qwen2.5-7B-Instruct on CUDA, Qwen2.5-0.5B-Instruct on a "
+              "CPU; tiny-random works offline")
+
+
+def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
+    """The flags that say which model to load and how. `env`: LAB_MODEL, LAB_QUANT and LAB_DEVICE give the
+    defaults (what a Space sets)."""
+    get = os.environ.get if env else (lambda name, default=None: default)
+    p.add_argument("--model", default=get("LAB_MODEL"), help=MODEL_HELP)
+    p.add_argument("--quant", default=get("LAB_QUANT", "auto"), choices=QUANTS,
+                   help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
+    p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
+    p.add_argument("--device", default=get("LAB_DEVICE", "auto"), choices=DEVICES)
+    p.add_argument("--context", type=int, metavar="TOKENS",
+                   help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
+                        "(Qwen2.5-7B: up to 131072)")
+
+
+def load_request(args: argparse.Namespace, model: str | None = None, quant: str | None = None) -> LoadRequest:
+    """The load request the flags ask for (`model` and `quant` override them, as a resumed run does)."""
+    return LoadRequest(model or args.model, quant or args.quant, args.device, not args.no_double_quant, args.context)

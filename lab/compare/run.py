@@ -1,0 +1,118 @@
+"""Running the variants: every variant answers one input in one batched generation (`ChatModel.stream_many`),
+every pane growing as its tokens arrive; a finished comparison is a `Comparison`, exported as JSON or
+Markdown and recorded with a vote.
+
+    for panes in run_variants(model, "Why is the sky blue?", variants):
+        print([p.text for p in panes])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from lab import __version__
+from lab.chat.conversation import format_stats
+from lab.compare.variants import SAMPLING, Variant, check_input, parse_variants
+from lab.interface import ReplyStats
+
+
+@dataclass
+class Pane:
+    """One variant's reply so far; `stats` arrives with its last token."""
+
+    text: str = ""
+    stats: ReplyStats | None = None
+
+
+def run_variants(model, user_input: str, variants: Sequence[Variant],
+                 cancel: threading.Event | None = None) -> Iterator[list[Pane]]:
+    """Every variant answers `user_input` in one batched generation; yields the panes after each arrival
+    (the same list, updated in place), the last time with every pane's stats."""
+    check_input(user_input)
+    variants = parse_variants(list(variants))
+    panes = [Pane() for _ in variants]
+    stream = model.stream_many([v.messages(user_input) for v in variants], [v.params() for v in variants], cancel)
+    try:
+        for row, chunk in stream:
+            panes[row].text += chunk.text
+            panes[row].stats = chunk.stats or panes[row].stats
+            yield panes
+    finally:
+        if hasattr(stream, "close"):
+            stream.close()  # a consumer that leaves early ends the generation at once
+
+
+@dataclass
+class Comparison:
+    """One input answered by every variant: what the page keeps, exports and records with a vote."""
+
+    input: str
+    variants: list[Variant]
+    outputs: list[str]
+    stats: list[dict | None]
+    model: dict | None = None
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    order: list[int] | None = None  # blind mode: the variant shown in each pane, by pane
+    vote: int | None = None  # the winning variant's index; None with voted=True is a tie
+    voted: bool = False
+
+    @classmethod
+    def from_panes(cls, user_input: str, variants: Sequence[Variant], panes: Sequence[Pane], model_info=None,
+                   order: Sequence[int] | None = None) -> "Comparison":
+        return cls(user_input, list(variants), [p.text for p in panes],
+                   [p.stats.to_dict() if p.stats else None for p in panes],
+                   model_info.to_dict() if model_info else None, order=list(order) if order else None)
+
+    @property
+    def verdict(self) -> str:
+        if not self.voted:
+            return "no vote"
+        return "tie" if self.vote is None else f"{self.variants[self.vote].name} wins"
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "qwen-lab.compare/1",
+            "app_version": __version__,
+            "created_at": self.created_at,
+            "model": self.model,
+            "input": self.input,
+            "variants": [{**v.to_dict(), "key": v.key, "output": out, "stats": s}
+                         for v, out, s in zip(self.variants, self.outputs, self.stats)],
+            "blind_order": self.order,
+            "vote": None if not self.voted else ("tie" if self.vote is None else self.variants[self.vote].name),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+
+    def to_markdown(self) -> str:
+        model = (self.model or {}).get("name", "unknown model")
+        lines = [f"# Comparison of {len(self.variants)} variants", "",
+                 f"- model: {model}", f"- time: {self.created_at}", f"- vote: {self.verdict}", "",
+                 "## Input", "", _fence(self.input), "", "## Variants", "",
+                 "| variant | system prompt | template | " + " | ".join(SAMPLING) + " |",
+                 "|" + " --- |" * (3 + len(SAMPLING))]
+        for v in self.variants:
+            cells = [v.key, v.system or "(none)", v.template] + [str(getattr(v, k)) for k in SAMPLING]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        for v, out, s in zip(self.variants, self.outputs, self.stats):
+            lines += ["", f"## {v.name}", ""]
+            if s:
+                lines += [f"*{format_stats(s)}*", ""]
+            lines.append(_fence(out))
+        return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return html.escape(text).replace("|", "\\|").replace("\n", "<br>")
+
+
+def _fence(text: str) -> str:
+    ticks = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+    return f"{ticks}text\n{text}\n{ticks}"

@@ -1,0 +1,134 @@
+"""The run history's SQLite file (`runs/lab.db`; --runs-dir or LAB_RUNS_DIR moves it): one connection per
+thread, WAL mode, and the schema's versions.
+
+    db = Database.open()          # creates the folder and file, or migrates an older file forward
+    with db.conn() as c: ...      # this thread's connection; `with` commits or rolls back
+
+The schema's version is SQLite's `PRAGMA user_version`. Each step of MIGRATIONS brings a file from the
+version before it to its own; steps are written so that a file from before versioning (user_version 0,
+tables possibly there already) passes through them unharmed. A file newer than this code is refused in
+one sentence rather than written into.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from lab import config
+from lab.errors import LabError
+
+RUNS = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    benchmark   TEXT NOT NULL,
+    subset      TEXT,
+    mode        TEXT NOT NULL,
+    shots       INTEGER,
+    model       TEXT NOT NULL,
+    quant       TEXT,
+    params      TEXT NOT NULL,      -- JSON: everything that shapes the result (limit, seed, sampling, ...)
+    data_source TEXT,
+    versions    TEXT,               -- JSON: torch, transformers, bitsandbytes, GPU, ...
+    seed        INTEGER,
+    n_total     INTEGER,            -- samples the finished run will hold
+    status      TEXT NOT NULL,      -- running, finished, cancelled, failed
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    summary     TEXT                -- JSON, written when the run ends
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    key        TEXT NOT NULL,       -- "anatomy/12", "HumanEval/7#0" (task, sample number)
+    position   INTEGER NOT NULL,    -- order in the run's item list
+    subject    TEXT,
+    prompt     TEXT NOT NULL,       -- exactly what the model was given
+    output     TEXT,                -- raw model output (or the scored letters' log-probabilities)
+    extracted  TEXT,                -- the answer read from it: a letter, or the program's completion
+    gold       TEXT,
+    correct    INTEGER NOT NULL,
+    detail     TEXT,                -- JSON: log-probabilities, sandbox result, token counts, ...
+    duration_s REAL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE INDEX IF NOT EXISTS samples_run_position ON samples(run_id, position);
+"""
+
+VOTES = """
+CREATE TABLE IF NOT EXISTS votes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at  REAL NOT NULL,
+    model       TEXT,
+    input       TEXT NOT NULL,
+    variants    TEXT NOT NULL,      -- JSON: each variant's definition and key, in pane-definition order
+    outputs     TEXT NOT NULL,      -- JSON: each variant's reply, same order
+    shown       TEXT,               -- JSON: the variant shown in each blind pane, by pane
+    winner      INTEGER,            -- index into variants; NULL is a tie
+    winner_key  TEXT                -- the winner's key (NULL for a tie), for reading the table by eye
+);
+"""
+
+
+def _columns(c: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+
+
+def _v1_runs(c: sqlite3.Connection) -> None:
+    c.executescript(RUNS)
+
+
+def _v2_owner(c: sqlite3.Connection) -> None:
+    # "host:pid" of the process running a run, to tell a killed run from a live one
+    if "owner" not in _columns(c, "runs"):
+        c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+
+
+def _v3_votes(c: sqlite3.Connection) -> None:
+    c.executescript(VOTES)
+
+
+MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes)  # index i brings version i to version i + 1
+VERSION = len(MIGRATIONS)
+
+
+def migrate(c: sqlite3.Connection, path: Path) -> None:
+    found = c.execute("PRAGMA user_version").fetchone()[0]
+    if found > VERSION:
+        raise LabError(f"The run history {path} was written by a newer Qwen Lab (schema {found}, this one knows "
+                       f"{VERSION}); upgrade, or choose another folder with --runs-dir.")
+    for step in MIGRATIONS[found:]:
+        with c:
+            step(c)
+    if found < VERSION:
+        c.execute(f"PRAGMA user_version={VERSION}")
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        migrate(self.conn(), path)
+
+    @classmethod
+    def open(cls, directory: str | Path | None = None) -> "Database":
+        """lab.db in the run-history folder (created); one sentence when it cannot be opened."""
+        d = config.runs_dir(directory)
+        path = d / "lab.db"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        except (OSError, sqlite3.DatabaseError) as e:
+            raise LabError(f"The run history {path} cannot be opened ({e}); "
+                           "choose another folder with --runs-dir or LAB_RUNS_DIR.") from None
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (the page reads while an evaluation thread writes), in WAL mode."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn

@@ -1,0 +1,259 @@
+"""The one model interface: the records every layer passes around and the `ChatModel` protocol that a
+Transformers model (`lab.models.hf`), a remote OpenAI-compatible server (`lab.models.remote`) and the
+offline `tiny-random` all implement. Everything above the model layer uses only what is declared here.
+
+No torch and no Gradio: plain records, two small rules (seeds, finish reasons), a clock for replies,
+and the Protocol.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str, ["tool_calls"], ...}
+
+# A reply carries the tool calls it makes as Qwen2.5's blocks in its text, whatever the backend:
+# <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call> (lab.chat.tools reads them).
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. Defaults are Qwen2.5-Instruct's own generation_config."""
+
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 0.8
+    top_k: int = 20  # 0 turns top-k off
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 512
+    seed: int | None = None  # None: a fresh seed is drawn (`draw_seed`) and reported in ReplyStats.seed
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # benchmarks only: always produce max_new_tokens
+    # OpenAI-style: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": {...}}};
+    # enforced while decoding, so the reply parses and validates.
+    response_format: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.stop = tuple(self.stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def schema_of(response_format: dict | None) -> dict | None:
+    """The JSON Schema a `response_format` asks for (None: no schema, or JSON mode off)."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    return spec.get("schema", spec)
+
+
+def draw_seed(seed: int | None) -> int:
+    """The seed a reply runs with: the one asked for, else a fresh one (reported, so it can be entered again)."""
+    return seed if seed is not None else random.randrange(2**31)
+
+
+def finish_reason(ended: bool, cancelled: bool) -> str:
+    """Why a reply ended: "stop" (end of turn or a stop string), "cancelled", or "length" (max new tokens)."""
+    return "stop" if ended else "cancelled" if cancelled else "length"
+
+
+@dataclass
+class ReplyStats:
+    """What one reply cost. Times are seconds; tokens/s counts decode steps after the first token."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None  # request start (before tokenizing) to first new token
+    decode_tokens_per_s: float | None  # (completion_tokens - 1) / (t_last - t_first)
+    total_s: float
+    finish_reason: str  # "stop" (end of turn or stop string), "length" or "cancelled"
+    seed: int | None = None
+    gpu_mem_in_use_gib: float | None = None  # allocated by torch when the reply ended (CUDA only)
+    gpu_mem_peak_gib: float | None = None  # peak allocated during the reply (CUDA only)
+    closed_early: bool = False  # JSON mode: max new tokens ran low, so the document was steered to its end
+    constraint_s: float | None = None  # JSON mode: time spent computing and applying the grammar's masks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReplyClock:
+    """Times one reply from its request: when its first and last tokens arrived and how many came.
+    Every backend builds its `ReplyStats` here, so time to first token and decode speed mean the same."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    t_first: float | None = None
+    t_last: float | None = None
+    tokens: int = 0
+
+    def tick(self, n: int = 1, at: float | None = None) -> None:
+        now = time.perf_counter() if at is None else at
+        self.t_first = self.t_first or now
+        self.t_last = now
+        self.tokens += n
+
+    def stats(self, prompt_tokens: int, finish: str, seed: int | None, completion_tokens: int | None = None,
+              memory: tuple[float, float] | None = None) -> ReplyStats:
+        """`completion_tokens` when the server counted them (else the ticks); `memory` (in use, peak) in GiB."""
+        n = self.tokens if completion_tokens is None else completion_tokens
+        speed = None
+        if n > 1 and self.t_first is not None and self.t_last > self.t_first:
+            speed = (n - 1) / (self.t_last - self.t_first)
+        in_use, peak = memory or (None, None)
+        return ReplyStats(prompt_tokens=prompt_tokens, completion_tokens=n,
+                          ttft_s=None if self.t_first is None else self.t_first - self.t0,
+                          decode_tokens_per_s=speed, total_s=time.perf_counter() - self.t0, finish_reason=finish,
+                          seed=seed, gpu_mem_in_use_gib=in_use, gpu_mem_peak_gib=peak)
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed reply. `stats` is set on the last chunk only."""
+
+    text: str
+    stats: ReplyStats | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class ModelInfo:
+    """What is loaded, shown on the page and written into exports and run records."""
+
+    name: str  # registry name, hub id or local path as the user gave it
+    source: str  # where the weights came from: hub id, local directory or "tiny-random"
+    quant: str  # resolved: 4bit, 8bit, bf16, fp16 or fp32 ("remote" for a server's model)
+    device: str  # "cuda:0", "cpu" or "remote"
+    context_length: int
+    weight_bytes: int
+    quant_detail: str = ""  # e.g. "NF4, double quant, bf16 compute"
+    notes: list[str] = field(default_factory=list)  # e.g. "random weights: replies are noise"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        detail = f" ({self.quant_detail})" if self.quant_detail else ""
+        size = (f"{self.weight_bytes / 2**30:.2f} GiB" if self.weight_bytes >= 2**30
+                else f"{self.weight_bytes / 2**20:.1f} MiB")
+        return (
+            f"{self.name} · {self.quant}{detail} · {self.device} · "
+            f"weights {size} · context {self.context_length:,} tokens"
+        )
+
+
+@dataclass
+class TokenLogprobs:
+    """OpenAI's legacy `logprobs` object for a piece of text: one entry per token."""
+
+    tokens: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)  # None: a prompt's first token
+    top_logprobs: list[dict[str, float] | None] = field(default_factory=list)  # top-n and the token itself
+    text_offset: list[int] = field(default_factory=list)  # where each token starts in the returned text
+
+    def extend(self, other: "TokenLogprobs", offset: int = 0) -> "TokenLogprobs":
+        """Append `other`, whose text starts `offset` characters into this one's."""
+        self.tokens += other.tokens
+        self.token_ids += other.token_ids
+        self.token_logprobs += other.token_logprobs
+        self.top_logprobs += other.top_logprobs
+        self.text_offset += [o + offset for o in other.text_offset]
+        return self
+
+    def to_openai(self) -> dict:
+        return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
+                "text_offset": self.text_offset}
+
+
+@dataclass
+class Generated:
+    text: str
+    logprobs: TokenLogprobs
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of text or a stop string), "length" or "cancelled"
+
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do beyond the calls every model has."""
+
+    token_ids: bool  # `encode` gives the model's own token ids (a server gives counts only)
+    logprobs: bool  # `prompt_logprobs` and `generate_logprobs` (OpenAI's legacy logprobs and echo)
+    exact_prompts: bool  # `render` is the exact text the model sees (a server applies its own template)
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    info: ModelInfo
+    capabilities: Capabilities
+
+    # ---- prompts and tokens
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
+        """The prompt text for these messages (exact when `capabilities.exact_prompts`); `generate` takes it."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def count_chat_tokens(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text` (no special tokens added); a LabError where `capabilities.token_ids` is False."""
+
+    # ---- generation
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None,
+                    tools: Sequence[dict] | None = None) -> Iterator[Chunk]:
+        """Text deltas of one reply; the last chunk carries its ReplyStats. Closing the iterator or setting
+        `cancel` ends generation at the next decode step."""
+
+    def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
+        """Several chat replies produced together (one batched generation on a local model); yields (row, Chunk)
+        as tokens arrive; each row's last chunk carries its ReplyStats."""
+
+    def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
+                 cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
+        """One completion per prompt (raw text, or chat messages), as batches; `batch_size` None: the model's
+        own choice (by free memory on CUDA)."""
+
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str],
+                      batch_size: int | None = None) -> list[list[float]]:
+        """log P(choice | prompt) for every prompt and choice."""
+
+    # ---- log-probabilities (where `capabilities.logprobs`)
+    def prompt_logprobs(self, text: str, top: int = 0) -> TokenLogprobs:
+        """Every token of `text` with log P(token | the tokens before it) and the `top` likeliest alternatives."""
+
+    def generate_logprobs(self, prompt: str, params: SamplingParams, top: int = 0,
+                          cancel: threading.Event | None = None) -> Generated:
+        """Continue raw text, with each new token's log-probability and alternatives."""
+
+    def close(self) -> None: ...

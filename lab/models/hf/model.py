@@ -1,0 +1,172 @@
+"""One loaded Transformers model behind `lab.interface.ChatModel`: its tokenizer and chat template, the one
+lock that keeps one generate or forward at a time, the long-lived thread replies stream from, and the
+engine's fast path on CUDA. The work itself is in `streaming`, `batch`, `scoring` and `logprobs`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+import torch
+
+from lab import runtime
+from lab.engine.fastpath import MIN_SLOTS, FastPath
+from lab.engine.layers import supported
+from lab.errors import LabError
+from lab.interface import (
+    Capabilities,
+    Chunk,
+    Completion,
+    Message,
+    ModelInfo,
+    SamplingParams,
+)
+from lab.models.hf import batch, logprobs, streaming
+from lab.models.hf.scoring import ChoiceScorer
+
+CAPABILITIES = Capabilities(token_ids=True, logprobs=True, exact_prompts=True)
+
+
+class HFModel:
+    capabilities = CAPABILITIES
+
+    def __init__(self, model, tokenizer, info: ModelInfo) -> None:
+        self.model = model
+        self.tok = tokenizer
+        self.info = info
+        self.device = next(model.parameters()).device
+        gen = model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+        self.lock = threading.Lock()  # one generate/forward at a time on this model
+        self._grammars = None  # grammar.Grammars, built on the first JSON-mode request
+        self._fast: FastPath | None = None
+        self.scorer = ChoiceScorer(model, tokenizer, self.pad_id, self.lock, info.name)
+        reason = supported(model)
+        if self.device.type != "cuda":
+            reason = "the fast path is for CUDA; on a CPU plain generate() is not host-bound"
+        elif os.environ.get("LAB_FAST", "1") == "0":
+            reason = "switched off by LAB_FAST=0"
+        self.fast_off_reason: str | None = reason  # None: decoding goes through lab.engine
+        # Replies stream from one long-lived thread: CUDA libraries keep their handles and plans per
+        # thread, and a fresh thread per reply paid ~50 ms of set-up before its first token.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-generate")
+
+    @property
+    def fast(self) -> FastPath | None:
+        """The engine's decoders (static cache, CUDA graphs) when this model can use them, else None."""
+        if self.fast_off_reason is not None:
+            return None
+        if self._fast is None:
+            self._fast = FastPath(self.model, self.eos_ids, self.pad_id)
+        return self._fast
+
+    def set_fast_path(self, on: bool) -> None:
+        """Decode through the engine or not; on a CPU the engine runs without graphs (what tests check it with)."""
+        if self._fast is not None:
+            self._fast.clear()
+        self._fast = None
+        self.fast_off_reason = None if on else "switched off"
+
+    def warm_up(self) -> None:
+        """Build (compile and capture) the batch-1 decode step and its prompt steps now rather than in the
+        first reply."""
+        if self.fast is not None:
+            with self.lock, torch.inference_mode():
+                self.fast.decoder(1, MIN_SLOTS).prepare_prompts()
+
+    # ---- prompts and tokens -------------------------------------------------------------
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
+        if not getattr(self.tok, "chat_template", None):
+            raise LabError(f"{self.info.name} has no chat template, so it cannot chat; use an Instruct model.")
+        return self.tok.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=False,
+                                            add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template already wrote every special token; adding BOS/EOS here would double them.
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def count_chat_tokens(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> int:
+        return self.count_tokens(self.render(messages, tools=tools))
+
+    def constraint(self, params: SamplingParams, rows: int):
+        """JSON mode's grammar for `rows` rows (None when off); grammars compile once per model, and a schema
+        that cannot be enforced fails here, before any decoding."""
+        if not params.response_format:
+            return None
+        if self._grammars is None:
+            from lab.models.hf.grammar import Grammars
+
+            self._grammars = Grammars(self.tok, self.model.config.vocab_size, self.eos_ids)
+        return self._grammars.constraint(params.response_format, rows, params.max_new_tokens)
+
+    # ---- generation ---------------------------------------------------------------------
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams,
+                    cancel: threading.Event | None = None, tools: Sequence[dict] | None = None) -> Iterator[Chunk]:
+        t0 = time.perf_counter()
+        ids = self.encode(self.render(messages, tools=tools))
+        if len(ids) + params.max_new_tokens > self.info.context_length:
+            raise LabError(
+                f"The prompt ({len(ids):,} tokens) plus max new tokens ({params.max_new_tokens:,}) exceeds "
+                f"{self.info.name}'s context of {self.info.context_length:,} tokens; shorten the conversation.")
+        constraint = self.constraint(params, rows=1)
+        for _, chunk in streaming.stream(self, [ids], [params], cancel, t0, constraint):
+            yield chunk
+
+    def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
+                    cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
+        t0 = time.perf_counter()
+        if not prompts:
+            raise LabError("There is nothing to generate: give at least one prompt.")
+        if len(prompts) != len(params):
+            raise LabError(f"{len(prompts)} prompts need {len(prompts)} sets of sampling settings, not {len(params)}.")
+        if any(p.response_format for p in params):
+            raise LabError("JSON mode is not available when several replies are generated together.")
+        rows = [self.encode(self.render(m)) for m in prompts]
+        for r, (ids, p) in enumerate(zip(rows, params)):
+            if len(ids) + p.max_new_tokens > self.info.context_length:
+                raise LabError(
+                    f"Prompt {r + 1} ({len(ids):,} tokens) plus its max new tokens ({p.max_new_tokens:,}) exceeds "
+                    f"{self.info.name}'s context of {self.info.context_length:,} tokens; shorten it.")
+        yield from streaming.stream(self, rows, params, cancel, t0,
+                                    oom_hint="lower max new tokens or use fewer panes")
+
+    def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
+                 cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
+        return batch.generate(self, prompts, params, cancel, batch_size)
+
+    # ---- scoring and log-probabilities ----------------------------------------------------
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str],
+                      batch_size: int | None = None) -> list[list[float]]:
+        return self.scorer.score_choices(prompts, choices, batch_size)
+
+    def split_context(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and continuation, split the way likelihood harnesses do."""
+        return self.scorer.split_context(context, continuation)
+
+    def prompt_logprobs(self, text: str, top: int = 0):
+        return logprobs.prompt_logprobs(self, text, top)
+
+    def generate_logprobs(self, prompt: str, params: SamplingParams, top: int = 0,
+                          cancel: threading.Event | None = None):
+        return logprobs.generate_with_logprobs(self, prompt, params, top, cancel)
+
+    # ---- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Drop the weights so their memory (GPU included) goes back; the object is unusable after."""
+        with self.lock:
+            if self._fast is not None:
+                self._fast.clear()
+            self.model = self.scorer = None
+            self._fast = None
+        self.worker.shutdown(wait=False)
+        runtime.release_gpu_memory()

@@ -1,0 +1,5 @@
+import sys
+
+from lab.serve.app import main
+
+sys.exit(main())
