@@ -9,6 +9,7 @@ same for a missing Chromium.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -107,6 +108,28 @@ def app_url():
     log.close()
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_current_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+
+
+@contextlib.contextmanager
+def serving(args: list[str], log_name: str, ready_path: str = "/health", timeout: float = 180):
+    """A server started as `python ARGS --port P` in a subprocess; yields its base URL once `ready_path` answers."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(ARTIFACTS / log_name, "w")
+    proc = subprocess.Popen([sys.executable, *args, "--port", str(port)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(proc, url + ready_path, ARTIFACTS / log_name, str(args), timeout)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -126,6 +149,13 @@ def open_page(browser, url: str, tab: str | None = None, ready: str | None = Non
         pg.get_by_role("tab", name=tab).click()
         pg.wait_for_selector(ready)
     return pg
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    """Type a number into a Gradio number box and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
 
 
 def screenshot(page, name: str) -> None:

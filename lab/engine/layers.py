@@ -122,6 +122,14 @@ def fuse_projections(model) -> None:
                     m._lab_int8 = int8.Int8Linear.of([m], counters[0], over=counters[1])
 
 
+def unfuse_projections(model) -> None:
+    """Forget the fused products (a copy of a model must, before its dtype or its layers change)."""
+    for layer in model.model.layers:
+        for owner in (layer.self_attn, layer.mlp, layer.self_attn.o_proj, layer.mlp.down_proj):
+            for name in ("_lab_qkv", "_lab_gate_up", "_lab_int8"):
+                owner.__dict__.pop(name, None)
+
+
 def _fused(mods: list, counters: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[Callable, list[int]] | None:
     sizes = [m.out_features for m in mods]
     if counters is not None and all(int8.is_int8_linear(m) for m in mods):

@@ -214,13 +214,14 @@ def _compare(args, store: RunStore) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _spec_or_none(name: str):
     """The spec, or None when it is broken: its command then says why, instead of the whole CLI failing."""
     try:
         return load_spec(name)
     except LabError:
         return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

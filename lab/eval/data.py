@@ -116,7 +116,7 @@ class Dataset:
         if self.root is not None:
             return read_problems(self.root / self.spec.local.file)
         try:
-            rows = _load_hub(self.spec.hub.path, None, self.spec.hub.split_name(self.spec.split))
+            rows = load_hub(self.spec.hub.path, None, self.spec.hub.split_name(self.spec.split))
             return [Problem(**{f.name: row[f.name] for f in fields(Problem)}) for row in rows]
         except LabError:
             pkg = self.spec.package
@@ -217,7 +217,7 @@ def _read_mapping(root: str | None, local: str, hub_path: str | None, hub_file: 
     return mapping
 
 
-def _load_hub(path: str, config_name: str | None, split: str):
+def load_hub(path: str, config_name: str | None, split: str):
     try:
         import datasets
 
@@ -231,7 +231,7 @@ def _load_hub(path: str, config_name: str | None, split: str):
 def _hub_questions(path: str, config_name: str | None, split: str, subject: str, columns: tuple,
                    letters: tuple) -> list[Question]:
     out = []
-    for row in _load_hub(path, config_name, split):
+    for row in load_hub(path, config_name, split):
         try:
             out.append(_row_question(row, columns, subject, len(out), letters))
         except (KeyError, IndexError, TypeError):

@@ -1,0 +1,102 @@
+"""The one sampling module: the in-graph sampler draws from the top-k/top-p distribution, penalises seen tokens
+and blocks end-of-turn; the host sampler never ends early; top-k/top-p keeps exactly what Transformers' warpers
+keep; `RowsProcessor` gives every row its own settings inside one `generate()`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lab.engine import sampling
+from lab.engine.decoder import StaticDecoder
+from lab.interface import SamplingParams
+
+
+def state(rows: int, vocab: int, eos: list[int]) -> SimpleNamespace:
+    """The buffers the in-graph sampler reads and writes, for a small vocabulary (what `StaticDecoder` holds)."""
+    z = lambda dtype=torch.float32: torch.zeros(rows, dtype=dtype)  # noqa: E731
+    return SimpleNamespace(logits_buf=torch.zeros(rows, vocab), seen=torch.zeros(rows, vocab, dtype=torch.bool),
+                           penalty=z() + 1, eos=torch.tensor(eos), block_eos=z(torch.bool), temperature=z() + 1,
+                           top_k=torch.full((rows,), sampling.TOP_K_MAX), top_p=z() + 1, greedy=z(torch.bool),
+                           done=z(torch.bool), pad_token=torch.tensor(0), next=z(torch.long),
+                           ids=torch.zeros(rows, 1, dtype=torch.long))
+
+
+def set_rows(s: SimpleNamespace, p: SamplingParams) -> None:
+    s.temperature.fill_(p.temperature or 1.0)
+    s.top_k.fill_(p.top_k or sampling.TOP_K_MAX)
+    s.top_p.fill_(p.top_p)
+    s.penalty.fill_(p.repetition_penalty)
+    s.greedy.fill_(p.greedy)
+    s.block_eos.fill_(p.ignore_eos)
+
+
+def test_graph_sampler_draws_from_the_top_k_top_p_distribution():
+    s = state(64, 128, eos=[7])
+    logits = torch.full((64, 128), -30.0)
+    logits[:, [3, 4, 5]] = torch.tensor([0.5, 0.3, 0.2]).log()
+    torch.manual_seed(0)
+    for params, want in ((SamplingParams(temperature=1.0, top_k=20, top_p=1.0, repetition_penalty=1.0),
+                          {3: 0.5, 4: 0.3, 5: 0.2}),
+                         (SamplingParams(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=1.0),
+                          {3: 0.625, 4: 0.375}),
+                         (SamplingParams(temperature=1.0, top_k=20, top_p=0.6, repetition_penalty=1.0),
+                          {3: 0.625, 4: 0.375})):
+        counts: dict[int, int] = {}
+        set_rows(s, params)
+        for _ in range(40):
+            s.logits_buf.copy_(logits)
+            s.done.zero_()
+            sampling.sample_in_graph(s)
+            for t in s.next.tolist():
+                counts[t] = counts.get(t, 0) + 1
+        assert set(counts) == set(want), counts
+        for t, p in want.items():
+            assert abs(counts[t] / 2560 - p) < 0.04, (params, counts)
+
+
+@torch.inference_mode()
+def test_graph_sampler_penalises_seen_tokens_and_blocks_end_of_turn(tiny):
+    dec = StaticDecoder(tiny.model, batch=1, max_len=16, eos_ids=[3], pad_id=0, graphs=False)
+    logits = torch.full((1, dec.logits_buf.shape[1]), -30.0)
+    logits[0, [3, 4, 5]] = torch.tensor([5.0, 2.0, 1.9])
+    dec.set_sampling(SamplingParams(temperature=0, repetition_penalty=1.2, ignore_eos=True, max_new_tokens=4), [[4]])
+    dec.logits_buf.copy_(logits)
+    dec.sample()
+    assert dec.next.item() == 5  # 3 is blocked, 4 was seen: 2.0 / 1.2 < 1.9
+    dec.set_sampling(SamplingParams(temperature=0, repetition_penalty=1.0, max_new_tokens=4), [[4]])
+    dec.logits_buf.copy_(logits)
+    dec.sample()
+    assert dec.next.item() == 3 and dec.done.item()  # end of turn: the row is finished and pads from now on
+    dec.logits_buf.copy_(logits)
+    dec.sample()
+    assert dec.next.item() == 0
+
+
+def test_host_sampler_never_ends_while_ignore_eos_holds(tiny):
+    params = SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True)
+    logits = torch.zeros(1, 50)
+    logits[0, tiny.eos_ids[0] % 50] = 10.0
+    s = sampling.HostSampler(params, [tiny.eos_ids[0] % 50])
+    s.start([[1]], 50, "cpu")
+    assert s(torch.zeros(1, 1, dtype=torch.long), logits, 0).item() != tiny.eos_ids[0] % 50
+    free = sampling.HostSampler(SamplingParams(temperature=0, max_new_tokens=5), [tiny.eos_ids[0] % 50])
+    free.start([[1]], 50, "cpu")
+    assert free(torch.zeros(1, 1, dtype=torch.long), logits, 0).item() == tiny.eos_ids[0] % 50
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature", [(20, 0.8, 0.7), (1, 0.5, 1.0), (50, 1.0, 1.3), (5, 0.999, 0.2),
+                                                       (200, 0.3, 1.0), (20, 0.8, 1.0)])
+def test_top_k_top_p_keeps_exactly_what_transformers_warpers_keep(top_k, top_p, temperature):
+    import torch
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(top_k)
+    scores = torch.randn(64, 151_665) * torch.rand(64, 1) * 8  # flat to peaked distributions
+    ours = sampling.warp(scores.clone(), SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p))
+    theirs = TemperatureLogitsWarper(temperature)(None, scores.clone())  # Transformers' order: T, top-k, top-p
+    theirs = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, theirs))
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-6)

@@ -1,0 +1,217 @@
+"""`lab.remote`: a model behind an OpenAI-compatible server, here `python -m lab.serve --model tiny-random`
+in a subprocess, used through the same interface as the local model and compared with it."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from lab.interface import ChatModel, ModelInfo, SamplingParams
+from lab.errors import LabError
+from lab.models.remote import RemoteModel, connect, estimate_tokens, parse_spec, wire_messages
+from lab.chat.tools import parse_tool_calls
+from tests.conftest import free_port
+from tests.conftest import WEATHER, serving
+
+KEY = "sk-remote-test"
+HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a joke. 讲个笑话"}]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serving(["-m", "lab.serve", "--model", "tiny-random", "--api-key", KEY], "remote-server.log") as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def remote(server):
+    model = connect(f"openai:{server}", api_key=KEY)  # the one model the server lists
+    yield model
+    model.close()
+
+
+def test_connect_describes_the_served_model(remote, server):
+    assert isinstance(remote, ChatModel)
+    info = remote.info
+    assert (info.name, info.source, info.quant, info.device, info.context_length) == \
+        ("tiny-random", server, "remote", "remote", 4096)
+    from lab.models import load_model, resolve_spec
+
+    assert resolve_spec(f"openai:{server}#tiny-random", "cpu").name == f"openai:{server}#tiny-random"
+    again = load_model(f"openai:{server}#tiny-random", api_key=KEY, context=2048)
+    assert again.info.context_length == 2048
+    again.close()
+
+
+def test_chat_streams_the_same_reply_as_the_local_model(remote, tiny):
+    chunks = list(remote.stream_chat(HELLO, GREEDY))
+    local = [c for c in tiny.stream_chat(HELLO, GREEDY)]
+    assert "".join(c.text for c in chunks) == "".join(c.text for c in local)
+    stats, expected = chunks[-1].stats, local[-1].stats
+    assert (stats.prompt_tokens, stats.completion_tokens, stats.finish_reason) == \
+        (expected.prompt_tokens, expected.completion_tokens, expected.finish_reason)
+    assert stats.ttft_s > 0 and stats.total_s >= stats.ttft_s and stats.seed is not None
+    assert remote.count_chat_tokens(HELLO) == tiny.count_chat_tokens(HELLO)  # the server's /tokenize
+    assert remote.count_tokens("hello world 你好") == tiny.count_tokens("hello world 你好")
+
+
+def test_stream_many_streams_every_row(remote, tiny):
+    prompts = [HELLO, [{"role": "user", "content": "1+1=?"}]]
+    texts, stats = ["", ""], [None, None]
+    for row, chunk in remote.stream_many(prompts, [GREEDY, replace_max(GREEDY, 4)]):
+        texts[row] += chunk.text
+        stats[row] = chunk.stats or stats[row]
+    assert texts[1] == "".join(c.text for c in tiny.stream_chat(prompts[1], replace_max(GREEDY, 4)))
+    assert texts[0] == "".join(c.text for c in tiny.stream_chat(HELLO, GREEDY))
+    assert [s.completion_tokens for s in stats] == [10, 4]
+
+
+def replace_max(params: SamplingParams, n: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, max_new_tokens=n)
+
+
+def test_generate_sends_text_to_completions_and_chats_to_chat(remote, tiny):
+    rendered = remote.render(HELLO)
+    assert "[user]\nTell me a joke." in rendered and rendered.endswith("[assistant]\n")
+    got = remote.generate(["1, 2, 3,", rendered, HELLO], replace_max(GREEDY, 6))
+    assert got[0].text == tiny.generate(["1, 2, 3,"], replace_max(GREEDY, 6))[0].text
+    chat = "".join(c.text for c in tiny.stream_chat(HELLO, replace_max(GREEDY, 6)))
+    assert got[1].text == got[2].text == chat
+    assert got[1].prompt_tokens == tiny.count_chat_tokens(HELLO) and got[1].completion_tokens == 6
+
+
+def test_score_choices_match_the_local_model_both_ways(remote, tiny):
+    prompt = "Question: which letter comes first?\nAnswer:"
+    # Choices among the server's 20 likeliest next tokens are read from one request...
+    top = remote._logprob_request({"prompt": prompt, "max_tokens": 1, "logprobs": 20})[0]["top_logprobs"][0]
+    ctx = tiny.encode(prompt)
+    likely = [t for t in sorted(top, key=top.get, reverse=True)  # tokens that stay one token after the prompt
+              if len(ids := tiny.encode(prompt + t)[len(ctx):]) == 1 and tiny.tok.decode(ids) == t][:3]
+    assert len(likely) >= 2
+    calls = []
+    post = remote._post
+    remote._post = lambda path, body: calls.append(body) or post(path, body)
+    try:
+        fast = remote.score_choices([prompt], likely)
+        assert len(calls) == 1
+        calls.clear()
+        slow = remote.score_choices([prompt + " ", prompt], [" A", " B", " C D"])  # ...others by echo
+        assert len(calls) == 4 and sum(bool(c.get("echo")) for c in calls) == 2
+    finally:
+        remote._post = post
+    assert fast[0] == pytest.approx(tiny.score_choices([prompt], likely)[0], abs=1e-4)
+    assert slow[0] == pytest.approx(tiny.score_choices([prompt + " "], [" A", " B", " C D"])[0], abs=1e-4)
+    assert slow[1] == pytest.approx(tiny.score_choices([prompt], [" A", " B", " C D"])[0], abs=1e-4)
+
+
+def _samples(runs_dir, run_id):
+    from lab.eval.store import RunStore
+
+    return RunStore.open(runs_dir).samples(run_id)
+
+
+def _run_id(stdout: str) -> str:
+    return next(x for x in stdout.splitlines() if x.startswith("run ") and " saved in " in x).split()[1]
+
+
+@pytest.mark.slow
+def test_remote_mmlu_gives_the_local_predictions(server, data_dir, tmp_path, capsys):
+    from lab.eval.__main__ import main
+
+    runs = str(tmp_path / "runs")
+    common = ["--limit", "20", "--shots", "5", "--runs-dir", runs, "--data-dir", str(data_dir)]
+    # `python -m lab.eval mmlu ...`, its main() called here (a second process would only add start-up time).
+    assert main(["mmlu", "--model", f"openai:{server}#tiny-random", "--api-key", KEY, *common]) == 0
+    out, err = capsys.readouterr()
+    assert "model: tiny-random · remote" in err and "20/20" in err
+    remote_run = _run_id(out)
+    assert main(["mmlu", "--model", "tiny-random", *common]) == 0  # the same evaluation on the local model
+    local_run = _run_id(capsys.readouterr().out)
+    a, b = _samples(runs, remote_run), _samples(runs, local_run)
+    assert [s.key for s in a] == [s.key for s in b] and len(a) == 20
+    assert [s.extracted for s in a] == [s.extracted for s in b]
+    for x, y in zip(a, b):
+        for letter, value in y.detail["logprobs"].items():
+            assert x.detail["logprobs"][letter] == pytest.approx(value, abs=1e-4)
+    # gen mode: the chats go to the server's chat endpoint; the letter is read from each reply.
+    assert main(["mmlu", "--model", f"openai:{server}#tiny-random", "--api-key", KEY, "--mode", "gen", "--limit", "3",
+                 "--max-new-tokens", "6", "--runs-dir", runs, "--data-dir", str(data_dir)]) == 0
+    gen = _samples(runs, _run_id(capsys.readouterr().out))
+    # --resume goes back to the server the run used (a finished run just prints its summary).
+    assert main(["mmlu", "--resume", remote_run, "--api-key", KEY, "--runs-dir", runs]) == 0
+    assert "model: tiny-random · remote" in capsys.readouterr().err
+    assert len(gen) == 3 and all(s.prompt.startswith("[system]") or s.prompt.startswith("[user]") for s in gen)
+    assert all(s.detail["completion_tokens"] == 6 for s in gen)
+
+
+def test_errors_are_one_sentence(server, remote):
+    port = free_port()
+    with pytest.raises(LabError, match=rf"Cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 "):
+        connect(f"openai:http://127.0.0.1:{port}/v1#m")
+    with pytest.raises(LabError, match="refused the API key"):
+        connect(f"openai:{server}", api_key="wrong")
+    with pytest.raises(LabError, match="does not serve 'gpt-4o'; it serves tiny-random"):
+        connect(f"openai:{server}#gpt-4o", api_key=KEY)
+    with pytest.raises(LabError, match="needs a base URL"):
+        parse_spec("openai:localhost:8000")
+    with pytest.raises(LabError, match="exceeds tiny-random's context"):
+        list(remote.stream_chat([{"role": "user", "content": "word " * 5000}], GREEDY))
+
+
+def fake(handler) -> RemoteModel:
+    """A RemoteModel talking to `handler` (an httpx MockTransport) instead of a server."""
+    info = ModelInfo("m", "http://fake/v1", "remote", "remote", 32768, 0)
+    return RemoteModel("http://fake/v1", "m", info, http=httpx.Client(transport=httpx.MockTransport(handler)))
+
+
+def test_a_server_without_logprobs_says_to_use_gen_mode():
+    def ollama_like(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": " B", "finish_reason": "length"}]})
+
+    with pytest.raises(LabError, match=r"^logprob mode needs a server that returns log-probabilities.*--mode gen\.$"):
+        fake(ollama_like).score_choices(["Answer:"], [" A", " B"])
+
+
+def test_tool_calls_come_back_as_tool_call_blocks_and_refused_extensions_are_dropped():
+    seen = []
+
+    def vllm_like(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if "top_k" in body:
+            return httpx.Response(400, json={"error": {"message": "Unrecognized request argument supplied: top_k"}})
+        assert body["tools"] == [WEATHER] and body["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
+        deltas = [{"role": "assistant", "content": ""},
+                  {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                   "function": {"name": "get_current_weather", "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\": "}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": "\"北京\"}"}}]}]
+        events = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        events += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+                   {"choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 20}}]
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    model = fake(vllm_like)
+    history = [{"role": "user", "content": "天气?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"type": "function", "function": {"name": "get_current_weather", "arguments": {}}}]},
+               {"role": "tool", "content": "{}"}, {"role": "user", "content": "again"}]
+    chunks = list(model.stream_chat(history, SamplingParams(seed=1), tools=[WEATHER]))
+    parsed = parse_tool_calls("".join(c.text for c in chunks), [WEATHER])
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("get_current_weather", {"location": "北京"})]
+    assert chunks[-1].stats.completion_tokens == 20 and chunks[-1].stats.finish_reason == "stop"
+    assert "top_k" in seen[0] and "top_k" not in seen[1] and "repetition_penalty" not in seen[1]
+    assert seen[1]["messages"][2]["tool_call_id"] == seen[1]["messages"][1]["tool_calls"][0]["id"]
+
+
+def test_wire_messages_and_estimates():
+    out = wire_messages([{"role": "assistant", "content": "x", "tool_calls": [
+        {"id": "a", "function": {"name": "f", "arguments": {"k": "北京"}}}]}, {"role": "tool", "content": "1"}])
+    assert out[0]["tool_calls"][0]["function"]["arguments"] == '{"k": "北京"}' and out[1]["tool_call_id"] == "a"
+    assert estimate_tokens("hello world!") == 3 and estimate_tokens("你好") == 2
