@@ -1,14 +1,20 @@
-"""The model flags `app.py`, `python -m lab.serve` and `python -m lab.eval` share, and the load request they make.
+"""What the commands share: the model flags of `app.py`, `python -m lab.serve` and `python -m lab.eval`, the load
+request they make, and how a command ends on a user's mistake (one sentence on stderr, exit status 2).
 
     add_model_flags(parser)                  # --model --quant --no-double-quant --device --context
     manager.load(load_request(args))
+    sys.exit(user_errors(main)(argv))        # a LabError: "error: <sentence>", status 2
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sys
+from typing import Callable
 
+from lab.errors import LabError
 from lab.models.manager import LoadRequest
 from lab.models.registry import DEVICES, QUANTS
 
@@ -34,3 +40,16 @@ def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
 def load_request(args: argparse.Namespace, model: str | None = None, quant: str | None = None) -> LoadRequest:
     """The load request the flags ask for (`model` and `quant` override them, as a resumed run does)."""
     return LoadRequest(model or args.model, quant or args.quant, args.device, not args.no_double_quant, args.context)
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """`main` as a command: a LabError it raises is printed as one sentence and ends it with status 2."""
+    @functools.wraps(main)
+    def command(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except LabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return command

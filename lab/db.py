@@ -132,3 +132,18 @@ class Database:
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
+
+
+class Store:
+    """What reads and writes one part of the run history (runs and samples, votes): its database, opened by folder."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.path = db.path
+
+    @classmethod
+    def open(cls, directory: str | Path | None = None):
+        return cls(Database.open(directory))
+
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn()

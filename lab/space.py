@@ -22,11 +22,11 @@ import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import config
+from lab.cli import user_errors
 from lab.errors import LabError
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: app.py, lab/, prompts/, evals/, spaces/
@@ -266,25 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.private and not args.push:
-            raise LabError("--private only means something with --push OWNER/NAME.")
-        if args.push:  # before anything is written or sent
-            check_repo_id(args.push)
-            find_token()
-        result = stage(args.dir, force=args.force)
-        print(f"Staged {len(result.files)} files in {result.path} (gradio {result.card['sdk_version']}, "
-              f"suggested hardware {result.card['suggested_hardware']}).")
-        if args.push:
-            print(f"Pushing to the Space {args.push}…", flush=True)
-            print(push(result, args.push, private=args.private))
-        else:
-            print(f"Try it as the Space runs it: cd {result.path} && SPACE_ID=local/qwen-lab python app.py")
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.private and not args.push:
+        raise LabError("--private only means something with --push OWNER/NAME.")
+    if args.push:  # before anything is written or sent
+        check_repo_id(args.push)
+        find_token()
+    result = stage(args.dir, force=args.force)
+    print(f"Staged {len(result.files)} files in {result.path} (gradio {result.card['sdk_version']}, "
+          f"suggested hardware {result.card['suggested_hardware']}).")
+    if args.push:
+        print(f"Pushing to the Space {args.push}…", flush=True)
+        print(push(result, args.push, private=args.private))
+    else:
+        print(f"Try it as the Space runs it: cd {result.path} && SPACE_ID=local/qwen-lab python app.py")
     return 0
 
 

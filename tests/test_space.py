@@ -9,17 +9,17 @@ import re
 import subprocess
 import sys
 import urllib.request
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+from gradio_client import Client
 from packaging.requirements import Requirement
 from packaging.version import Version
-from gradio_client import Client
 
 from lab import space
-from lab.eval.kinds import KINDS
 from lab.errors import LabError
+from lab.eval.kinds import KINDS
 from tests.conftest import ROOT, free_port, wait_until_serving
 
 CARD = ROOT / "spaces" / "README.md"

@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 
-from lab.errors import LabError
+from lab.cli import user_errors
 
 
 def _case(sub, name: str, help: str, *, shape: str, quants: str, prompt_tokens: int, repeats: int):
@@ -30,6 +30,7 @@ def _case(sub, name: str, help: str, *, shape: str, quants: str, prompt_tokens: 
     return c
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__,
@@ -47,23 +48,17 @@ def main(argv: list[str] | None = None) -> int:
                         "the float32 exactness checks)")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
-    try:
-        if args.case == "chat":
-            from lab.bench.chat import run
+    if args.case == "chat":
+        from lab.bench.chat import run
 
-            return run(args)
-        if args.case == "fast":
-            from lab.bench.fast import run as run_fast
+        return run(args)
+    if args.case == "fast":
+        from lab.bench.fast import run as run_fast
 
-            return run_fast(args)
-        if args.case == "structured":
-            from lab.bench.json_mode import run as run_structured
+        return run_fast(args)
+    from lab.bench.json_mode import run as run_json_mode  # "structured": what JSON mode costs
 
-            return run_structured(args)
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1
+    return run_json_mode(args)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,7 @@ from lab import runtime
 from lab.errors import LabError
 from lab.interface import SamplingParams
 from lab.models import load_model
-from lab.models.tiny import (
-    ensure_tiny_checkpoint,
-    qwen_tokenizer_dir,
-    write_random_checkpoint,
-)
+from lab.models.tiny import ensure_tiny_checkpoint, qwen_tokenizer_dir, write_random_checkpoint
 from lab.runtime import GIB
 
 

@@ -29,12 +29,7 @@ from pathlib import Path
 import torch
 
 from lab import runtime
-from lab.bench.agree import (
-    decoder_agreement,
-    hflm_scores,
-    int8_product_agreement,
-    letter_agreement,
-)
+from lab.bench.agree import decoder_agreement, hflm_scores, int8_product_agreement, letter_agreement
 from lab.bench.chat import plain_generate_tok_s, prompt_of_length, shape_checkpoint
 from lab.interface import SamplingParams
 from lab.models import load_model

@@ -10,14 +10,7 @@ settings) answer one input together, side by side; no Gradio here.
 """
 
 from lab.compare.run import Comparison, Pane, run_variants
-from lab.compare.variants import (
-           MAX_PANES,
-           MIN_PANES,
-           SLOT,
-           Variant,
-           check_input,
-           parse_variants,
-)
+from lab.compare.variants import MAX_PANES, MIN_PANES, SLOT, Variant, check_input, parse_variants
 
 __all__ = ["Comparison", "MAX_PANES", "MIN_PANES", "Pane", "SLOT", "Variant", "check_input", "parse_variants",
            "run_variants"]

@@ -12,13 +12,11 @@ one pane of three or four is a win over each of the others; a tie is a tie betwe
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
-from lab.db import Database
+from lab.db import Store
 from lab.errors import LabError
 
 
@@ -43,25 +41,14 @@ class Tally:
 TALLY_HEADERS = ["variant A", "variant B", "A wins", "B wins", "ties", "votes"]
 
 
-class VoteStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.path = db.path
-
-    @classmethod
-    def open(cls, directory: str | Path | None = None) -> "VoteStore":
-        return cls(Database.open(directory))
-
-    def _conn(self) -> sqlite3.Connection:
-        return self.db.conn()
-
+class VoteStore(Store):
     def record(self, comparison) -> int:
         """Store a voted comparison (variants, input, outputs, the blind order, the vote, the time); its id."""
         if not comparison.voted:
             raise LabError("Vote for a pane or a tie first.")
         variants = [{**v.to_dict(), "key": v.key} for v in comparison.variants]
         winner = comparison.vote
-        with self._conn() as c:
+        with self.conn() as c:
             cur = c.execute(
                 "INSERT INTO votes (created_at, model, input, variants, outputs, shown, winner, winner_key)"
                 " VALUES (?,?,?,?,?,?,?,?)",
@@ -71,14 +58,14 @@ class VoteStore:
         return int(cur.lastrowid)
 
     def votes(self, limit: int = 1000) -> list[dict]:
-        rows = self._conn().execute("SELECT * FROM votes ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows = self.conn().execute("SELECT * FROM votes ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [{**dict(r), "variants": json.loads(r["variants"]), "outputs": json.loads(r["outputs"]),
                  "shown": json.loads(r["shown"]) if r["shown"] else None} for r in rows]
 
     def tally(self) -> list[Tally]:
         """Wins, losses and ties for every pair of variants that met, most votes first."""
         pairs: dict[tuple[str, str], Tally] = {}
-        for r in self._conn().execute("SELECT variants, winner FROM votes ORDER BY id"):
+        for r in self.conn().execute("SELECT variants, winner FROM votes ORDER BY id"):
             keys = [v["key"] for v in json.loads(r["variants"])]
             winner = r["winner"]
             for i, j in combinations(range(len(keys)), 2):

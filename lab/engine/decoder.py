@@ -22,15 +22,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from lab.engine import sampling
-from lab.engine.layers import (
-    Heads,
-    fuse_projections,
-    is_int8,
-    layers_forward,
-    module_norm,
-    rms_norm,
-    rope,
-)
+from lab.engine.layers import Heads, fuse_projections, is_int8, layers_forward, module_norm, rms_norm, rope
 from lab.interface import SamplingParams
 
 # One-row prompts up to these widths (right-padded to the next one) run as a captured graph: a chat
@@ -121,7 +113,7 @@ class StaticDecoder:
     def outliers_clipped(self) -> bool:
         """LLM.int8: whether a step since the last call had more outlier columns than its slots (those
         beyond were left out of the product); the count starts again. Reads the GPU: call it between replies."""
-        over = getattr(self.model, "_lab_int8_over", None)
+        over = getattr(self.model, "lab_int8_over", None)
         if over is None:
             return False
         clipped = bool(over)

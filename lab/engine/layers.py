@@ -112,21 +112,21 @@ def fuse_projections(model) -> None:
     counters = int8.counters(model) if is_int8(model) else None
     for layer in model.model.layers:
         attn, mlp_ = layer.self_attn, layer.mlp
-        if getattr(attn, "_lab_qkv", None) is None:
-            attn._lab_qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], counters)
-        if getattr(mlp_, "_lab_gate_up", None) is None:
-            mlp_._lab_gate_up = _fused([mlp_.gate_proj, mlp_.up_proj], counters)
+        if getattr(attn, "lab_qkv", None) is None:
+            attn.lab_qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], counters)
+        if getattr(mlp_, "lab_gate_up", None) is None:
+            mlp_.lab_gate_up = _fused([mlp_.gate_proj, mlp_.up_proj], counters)
         if counters is not None:
             for m in (attn.o_proj, mlp_.down_proj):
-                if getattr(m, "_lab_int8", None) is None and int8.is_int8_linear(m):
-                    m._lab_int8 = int8.Int8Linear.of([m], counters[0], over=counters[1])
+                if getattr(m, "lab_int8", None) is None and int8.is_int8_linear(m):
+                    m.lab_int8 = int8.Int8Linear.of([m], counters[0], over=counters[1])
 
 
 def unfuse_projections(model) -> None:
     """Forget the fused products (a copy of a model must, before its dtype or its layers change)."""
     for layer in model.model.layers:
         for owner in (layer.self_attn, layer.mlp, layer.self_attn.o_proj, layer.mlp.down_proj):
-            for name in ("_lab_qkv", "_lab_gate_up", "_lab_int8"):
+            for name in ("lab_qkv", "lab_gate_up", "lab_int8"):
                 owner.__dict__.pop(name, None)
 
 
@@ -149,12 +149,12 @@ def _fused(mods: list, counters: tuple[torch.Tensor, torch.Tensor] | None) -> tu
 
 
 def linear(module, x: torch.Tensor) -> torch.Tensor:
-    own = getattr(module, "_lab_int8", None)
+    own = getattr(module, "lab_int8", None)
     return module(x) if own is None else own(x)
 
 
 def project_qkv(attn, x: torch.Tensor):
-    fused = getattr(attn, "_lab_qkv", None)
+    fused = getattr(attn, "lab_qkv", None)
     if fused is None:
         return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     fn, sizes = fused
@@ -162,7 +162,7 @@ def project_qkv(attn, x: torch.Tensor):
 
 
 def mlp(module, x: torch.Tensor) -> torch.Tensor:
-    fused = getattr(module, "_lab_gate_up", None)
+    fused = getattr(module, "lab_gate_up", None)
     if fused is None:
         return module(x)
     fn, sizes = fused

@@ -22,15 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from lab.engine.layers import (
-    Heads,
-    fuse_projections,
-    is_int8,
-    layers_forward,
-    rms_norm,
-    rope,
-    supported,
-)
+from lab.engine.layers import Heads, fuse_projections, is_int8, layers_forward, rms_norm, rope, supported
 
 MIN_PREFIX = 32  # tokens: below this a shared start is not worth a separate pass
 
@@ -80,10 +72,9 @@ def plan_batches(widths: Sequence[int], max_rows: Callable[[int], int], overhead
     """Cut rows, sorted by width (their own tokens past the shared prefix), into batches [start, end)
     that cost the least: a batch costs its padded tokens (rows x its widest row), at least `floor` (a
     smaller matmul does not run faster), plus `overhead` tokens' worth of fixed work; a batch of width
-    w holds at most max_rows(w) rows (memory). Exact, by dynamic programming over the cut points.
-
-    MMLU's questions are skewed (a subject's median is ~70 tokens, its longest up to ~1,000): fixed
-    batches of the sorted rows padded 62% of the tokens on the full test set, this plan 8%."""
+    w holds at most max_rows(w) rows (memory). Exact, by dynamic programming over the cut points; on
+    MMLU's skewed lengths it pads a few percent of the tokens where fixed batches padded most
+    (lab/bench/results/fast-7b-h100.md)."""
     w = np.asarray(widths, dtype=np.int64)
     assert (np.diff(w) >= 0).all(), "rows must be sorted by width"
     n = len(w)
@@ -166,16 +157,12 @@ def suffix_forward(model, prefix_kv, prefix_len: int, ids: torch.Tensor, last: t
     """Final hidden states at position `last[r]` of each right-padded row of `ids` [rows, width], every
     row continuing the same cached prefix. The same modules and arithmetic as the model's forward, but
     attention to the prefix is computed once for all rows against its single copy of keys and values
-    (Transformers' forward needs the prefix's cache copied per row, and then repeated per query head:
-    a fifth of the GPU time of a 5-shot MMLU run went to those copies). Attention is split in two and
-    merged exactly through the log-sum-exp of each part: every suffix token against the prefix (no
-    mask: all of it is visible), and each row against its own tokens (causal; the right padding comes
-    after every real token, so no real token sees it).
-
-    The work between the matmuls stays eager, with Transformers' order of operations: compiling it
-    (norms, rotary, merge, SiLU fused by Inductor) made a full MMLU run 9% faster on an H100 but moved
-    bf16 letter log-probabilities further from lm-evaluation-harness's than the bound we hold to
-    (lab/bench/results/fast-7b-h100.md)."""
+    (Transformers' forward copies the prefix's cache per row, then per query head). Attention is split
+    in two and merged exactly through the log-sum-exp of each part: every suffix token against the
+    prefix (no mask: all of it is visible), and each row against its own tokens (causal; the right
+    padding comes after every real token, so no real token sees it). The work between the matmuls stays
+    eager, in Transformers' order: compiled, it moved bf16 letters past the agreement bound with
+    lm-evaluation-harness (lab/bench/results/fast-7b-h100.md, notes)."""
     inner = model.model
     b, w = ids.shape
     heads = Heads.of(model.config)

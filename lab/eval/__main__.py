@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from lab.cli import add_model_flags, load_request
+from lab.cli import add_model_flags, load_request, user_errors
 from lab.errors import LabError
 from lab.eval import report
 from lab.eval.kinds import kind_of
@@ -75,16 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        store = RunStore.open(args.runs_dir)
-        if args.command not in ("list", "show", "export", "compare"):
-            return _evaluate(args, store)
-        return {"list": _list, "show": _show, "export": _export, "compare": _compare}[args.command](args, store)
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    store = RunStore.open(args.runs_dir)
+    if args.command not in ("list", "show", "export", "compare"):
+        return _evaluate(args, store)
+    return {"list": _list, "show": _show, "export": _export, "compare": _compare}[args.command](args, store)
 
 
 def _request(args):

@@ -1,7 +1,8 @@
 """Benchmark specs: every `evals/*.yaml` (LAB_EVALS_DIR overrides the folder) is a benchmark, read into a
 `Spec`. A spec is all there is to a benchmark: where its rows are (a local folder's layout and the Hub's),
 their columns, splits, subject names and categories, subsets, prompt templates and generation settings;
-its `kind` (`choice` or `code`, lab/eval/kinds/) says how it is planned and scored.
+its `kind` (`choice` or `code`, lab/eval/kinds/) says how it is planned and scored, and checks the rest
+(`kinds.kind_of`).
 
     from lab.eval.spec import benchmarks, load_spec
     benchmarks()                    # the names of whatever evals/ holds
@@ -136,7 +137,4 @@ def load_spec(name: str) -> Spec:
     if not spec.local.file and not spec.hub.path:
         raise LabError(f"{where} names neither a local file pattern (data.local.file) nor a Hub dataset "
                        "(data.hub.path).")
-    from lab.eval.kinds import kind_of
-
-    kind_of(spec).check(spec)
     return spec

@@ -20,10 +20,9 @@ import socket
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable
 
-from lab.db import Database
+from lab.db import Store
 from lab.errors import LabError
 
 
@@ -91,23 +90,12 @@ class Run:
         return f"{self.id} · {self.benchmark}{sub} {self.mode} · {self.model} {self.quant or ''} · {when}"
 
 
-class RunStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.path = db.path
-
-    @classmethod
-    def open(cls, directory: str | Path | None = None) -> "RunStore":
-        return cls(Database.open(directory))
-
-    def _conn(self) -> sqlite3.Connection:
-        return self.db.conn()
-
+class RunStore(Store):
     def create_run(self, *, benchmark: str, mode: str, model: str, params: dict, n_total: int,
                    subset: str | None = None, shots: int | None = None, quant: str | None = None,
                    data_source: str | None = None, versions: dict | None = None, seed: int | None = None) -> str:
         run_id = f"{benchmark}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        with self._conn() as c:
+        with self.conn() as c:
             c.execute(
                 "INSERT INTO runs (id, benchmark, subset, mode, shots, model, quant, params, data_source, versions,"
                 " seed, n_total, status, owner, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'running',?,?)",
@@ -119,21 +107,21 @@ class RunStore:
     def add_samples(self, run_id: str, samples: Iterable[Sample]) -> None:
         rows = [(run_id, s.key, s.position, s.subject, s.prompt, s.output, s.extracted, s.gold, int(bool(s.correct)),
                  json.dumps(s.detail, ensure_ascii=False), s.duration_s) for s in samples]
-        with self._conn() as c:  # one transaction: the whole batch or none of it
+        with self.conn() as c:  # one transaction: the whole batch or none of it
             c.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def set_status(self, run_id: str, status: str) -> None:
-        with self._conn() as c:
+        with self.conn() as c:
             c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?", (status, _owner(), run_id))
 
     def finish(self, run_id: str, status: str, summary: dict | None) -> None:
-        with self._conn() as c:
+        with self.conn() as c:
             c.execute("UPDATE runs SET status=?, ended_at=?, summary=? WHERE id=?",
                       (status, time.time(), json.dumps(summary, ensure_ascii=False) if summary else None, run_id))
 
     # ---- reading ------------------------------------------------------------------------
     def get(self, run_id: str) -> Run:
-        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        row = self.conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
             raise LabError(f"No run '{run_id}' in {self.path}; `python -m lab.eval list` shows the runs.")
         return _run(row)
@@ -142,19 +130,19 @@ class RunStore:
         sql, args = "SELECT * FROM runs", ()
         if benchmark:
             sql, args = sql + " WHERE benchmark=?", (benchmark,)
-        rows = self._conn().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self.conn().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
         return [_run(r) for r in rows]
 
     def samples(self, run_id: str) -> list[Sample]:
-        rows = self._conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (run_id,))
+        rows = self.conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (run_id,))
         return [_sample(r) for r in rows]
 
     def sample(self, run_id: str, key: str) -> Sample | None:
-        row = self._conn().execute("SELECT * FROM samples WHERE run_id=? AND key=?", (run_id, key)).fetchone()
+        row = self.conn().execute("SELECT * FROM samples WHERE run_id=? AND key=?", (run_id, key)).fetchone()
         return None if row is None else _sample(row)
 
     def done_keys(self, run_id: str) -> set[str]:
-        return {r[0] for r in self._conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
+        return {r[0] for r in self.conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
 
 
 def _owner() -> str:

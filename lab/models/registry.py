@@ -148,11 +148,7 @@ def _fit_quant(checkpoint_bytes: int | None) -> str:
 def fetch_checkpoint(hub_id: str) -> str:
     """A local directory with the model's files: from the cache, else downloaded from the Hub."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return snapshot_download(hub_id, allow_patterns=WEIGHT_PATTERNS, local_files_only=True)

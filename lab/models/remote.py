@@ -44,15 +44,7 @@ import httpx
 from lab.errors import LabError
 from lab.interface import TOOL_CALL_CLOSE as CLOSE
 from lab.interface import TOOL_CALL_OPEN as OPEN
-from lab.interface import (
-    Capabilities,
-    Chunk,
-    Completion,
-    Message,
-    ModelInfo,
-    ReplyStats,
-    SamplingParams,
-)
+from lab.interface import Capabilities, Chunk, Completion, Message, ModelInfo, ReplyStats, SamplingParams
 
 PREFIX = "openai:"
 DEFAULT_CONTEXT = 32768  # when the server's model card gives no max_model_len

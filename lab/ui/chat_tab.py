@@ -35,14 +35,7 @@ from lab.interface import ReplyStats, SamplingParams
 from lab.models.manager import LoadRequest, ModelManager
 from lab.models.registry import QUANTS, REGISTRY
 from lab.space import gpu
-from lab.ui.chat_tools import (
-    ReplyShape,
-    build_panels,
-    build_settings,
-    call_of,
-    display,
-    panels,
-)
+from lab.ui.chat_tools import ReplyShape, build_panels, build_settings, call_of, display, panels
 from lab.ui.common import STREAM_INTERVAL_S, SessionCancels
 
 DEFAULT_PRESET = "Qwen default"

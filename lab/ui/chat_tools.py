@@ -15,14 +15,7 @@ import gradio as gr
 from lab.chat.conversation import Conversation
 from lab.chat.json_mode import response_format, validate
 from lab.chat.presets import tool_sets
-from lab.chat.tools import (
-    ToolCall,
-    assistant_message,
-    dump_tools,
-    format_call,
-    load_tools,
-    parse_tool_calls,
-)
+from lab.chat.tools import ToolCall, assistant_message, dump_tools, format_call, load_tools, parse_tool_calls
 from lab.errors import LabError
 
 NO_TOOLS = "No tools"

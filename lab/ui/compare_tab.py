@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import random
 import tempfile
 import time
@@ -41,12 +42,7 @@ BENCH_UPDATE_S = 0.25
 def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     presets = system_presets()
     cancels = SessionCancels()
-    stores: list[VoteStore] = []
-
-    def votes() -> VoteStore:
-        if not stores:  # opened on first use, so a bad LAB_RUNS_DIR is a sentence on the page, not a crash
-            stores.append(VoteStore.open())
-        return stores[0]
+    votes = functools.cache(VoteStore.open)  # on first use: a bad LAB_RUNS_DIR is a sentence on the page, not a crash
 
     def tally_frame() -> pd.DataFrame:
         try:

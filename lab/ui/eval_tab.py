@@ -14,6 +14,7 @@ seed -> run id, summary, progress text; streamed), `/eval_cancel`, `/eval_resume
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -54,12 +55,7 @@ def request_from_form(benchmark: str, subset: str | None, mode: str | None, shot
 
 def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     cancels = SessionCancels()
-    stores: list[RunStore] = []
-
-    def store() -> RunStore:
-        if not stores:  # opened on first use, so a bad LAB_RUNS_DIR is a sentence on the page, not a crash
-            stores.append(RunStore.open())
-        return stores[0]
+    store = functools.cache(RunStore.open)  # on first use: a bad LAB_RUNS_DIR is a sentence on the page, not a crash
 
     def model_markdown() -> str:
         return views.model_markdown(manager.model.info if manager.loaded else None)

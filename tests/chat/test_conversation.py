@@ -6,10 +6,19 @@ import json
 
 import pytest
 
-from lab.interface import ModelInfo, ReplyStats, SamplingParams
-from lab.chat.conversation import (Conversation, export_conversation, export_json, fit_to_context, format_stats,
-                      parse_history, sampling_from_ui, split_turns, with_system)
+from lab.chat.conversation import (
+    Conversation,
+    export_conversation,
+    export_json,
+    fit_to_context,
+    format_stats,
+    parse_history,
+    sampling_from_ui,
+    split_turns,
+    with_system,
+)
 from lab.errors import LabError
+from lab.interface import ModelInfo, ReplyStats, SamplingParams
 
 
 def words(messages):

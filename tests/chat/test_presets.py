@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lab.errors import LabError
 from lab.chat.presets import system_presets
 from lab.config import prompts_dir
+from lab.errors import LabError
 
 
 def test_at_least_six_presets_in_chinese_and_english_with_qwens_default():

@@ -7,11 +7,19 @@ import json
 
 import pytest
 
-from lab.models import tiny
-from lab.errors import LabError
 from lab.chat.presets import tool_sets
-from lab.chat.tools import (ParsedReply, ToolCall, assistant_message, dump_tools, format_call, load_tools,
-                            parse_tool_calls, tool_message)
+from lab.chat.tools import (
+    ParsedReply,
+    ToolCall,
+    assistant_message,
+    dump_tools,
+    format_call,
+    load_tools,
+    parse_tool_calls,
+    tool_message,
+)
+from lab.errors import LabError
+from lab.models import tiny
 
 WEATHER = {"location": "北京", "unit": "celsius"}
 CALL_ZH = '{"name": "get_current_weather", "arguments": {"location": "北京", "unit": "celsius"}}'

@@ -13,6 +13,7 @@ from lab.errors import LabError
 from lab.eval.runner import EvalRequest, Runner
 from lab.eval.store import RunStore
 
+
 def test_runner_takes_a_system_prompt_and_template(tmp_path, data_dir):
     runner = Runner(RunStore.open(tmp_path))
     req = EvalRequest("mmlu", mode="gen", limit=3, shots=1, system="You are a careful student.",

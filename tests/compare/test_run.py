@@ -14,6 +14,7 @@ from lab.errors import LabError
 from lab.eval.store import RunStore
 from tests.compare.test_variants import TWO
 
+
 def test_variants_run_in_one_batched_generation(tiny, monkeypatch):
     calls = []
     real = tiny.model.generate

@@ -18,10 +18,10 @@ bnb = pytest.importorskip("bitsandbytes")  # in the test extra; the CPU build is
 
 from lab.engine.decoder import StaticDecoder  # noqa: E402
 from lab.engine.fastpath import FastPath  # noqa: E402
+from lab.engine.kernels.int8 import Int8Linear, counters, is_int8_linear, products, slots, weights  # noqa: E402
 from lab.engine.layers import is_int8, unfuse_projections  # noqa: E402
 from lab.engine.sampling import sampler_for  # noqa: E402
 from lab.interface import SamplingParams  # noqa: E402
-from lab.engine.kernels.int8 import Int8Linear, counters, is_int8_linear, products, slots, weights  # noqa: E402
 from tests.engine.test_decoder import teacher_forced  # noqa: E402
 
 

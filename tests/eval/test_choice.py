@@ -2,8 +2,8 @@
 
 import pytest
 
-from lab.eval.kinds.choice import continuations, extract_letter, gen_messages, logprob_prompt, pick
 from lab.eval.data import Question
+from lab.eval.kinds.choice import continuations, extract_letter, gen_messages, logprob_prompt, pick
 from lab.eval.spec import load_spec
 
 LETTERS = ["A", "B", "C", "D"]

@@ -26,6 +26,7 @@ def run_id_of(out: str) -> str:
 @pytest.mark.parametrize("bench, groups", [
     ("mmlu", ["STEM", "humanities", "social sciences", "other"]),
     ("ceval", ["STEM", "Social Science", "Humanities", "Other", "C-Eval Hard"]),
+    ("cmmlu", ["STEM", "Humanities", "Social Science", "Other", "China specific"]),
 ])
 def test_acceptance_choice_run_prints_categories_and_writes_a_run(runs, bench, groups):
     r = run_cli("-m", "lab.eval", bench, "--model", "tiny-random", "--limit", "40", "--shots", "5", env=runs)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lab.interface import SamplingParams
-from lab.errors import LabError
 from lab.chat.json_mode import response_format, validate
+from lab.errors import LabError
+from lab.interface import SamplingParams
 
 SCHEMA = {
     "type": "object",

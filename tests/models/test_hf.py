@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from lab.interface import ChatModel, SamplingParams
 from lab.errors import LabError
+from lab.interface import ChatModel, SamplingParams
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "你好! Tell me a story."}]
 

@@ -6,8 +6,17 @@ import pytest
 
 from lab import runtime
 from lab.errors import LabError
-from lab.models import (DEFAULT_CPU, DEFAULT_CUDA, REGISTRY, TINY, check_quant_possible, fetch_checkpoint,
-                        pick_device, resolve_quant, resolve_spec)
+from lab.models import (
+    DEFAULT_CPU,
+    DEFAULT_CUDA,
+    REGISTRY,
+    TINY,
+    check_quant_possible,
+    fetch_checkpoint,
+    pick_device,
+    resolve_quant,
+    resolve_spec,
+)
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import json
 import httpx
 import pytest
 
-from lab.interface import ChatModel, ModelInfo, SamplingParams
-from lab.errors import LabError
-from lab.models.remote import RemoteModel, connect, estimate_tokens, parse_spec, wire_messages
 from lab.chat.tools import parse_tool_calls
-from tests.conftest import free_port
-from tests.conftest import WEATHER, serving
+from lab.errors import LabError
+from lab.interface import ChatModel, ModelInfo, SamplingParams
+from lab.models.remote import RemoteModel, connect, estimate_tokens, parse_spec, wire_messages
+from tests.conftest import WEATHER, free_port, serving
 
 KEY = "sk-remote-test"
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a joke. 讲个笑话"}]

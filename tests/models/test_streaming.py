@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from lab.interface import ChatModel, SamplingParams
 from lab.errors import LabError
+from lab.interface import ChatModel, SamplingParams
 
 
 def chat(text: str, system: str = "Be brief.") -> list[dict]:

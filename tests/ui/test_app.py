@@ -7,8 +7,8 @@ import json
 import pytest
 from gradio_client import Client
 
-from lab.interface import SamplingParams
 from lab.chat.presets import system_presets
+from lab.interface import SamplingParams
 
 pytestmark = pytest.mark.slow
 

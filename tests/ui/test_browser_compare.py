@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lab.config import runs_dir
-from tests.conftest import set_number, open_page, screenshot
+from tests.conftest import open_page, screenshot, set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from tests.conftest import set_number, open_page, screenshot
+from tests.conftest import open_page, screenshot, set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

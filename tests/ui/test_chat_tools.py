@@ -5,9 +5,9 @@ import json
 import pytest
 
 from lab.chat.conversation import Conversation, parse_history, with_system
-from lab.errors import LabError
 from lab.chat.presets import tool_sets
 from lab.chat.tools import dump_tools, tool_message
+from lab.errors import LabError
 from lab.ui.chat_tools import ReplyShape, display, panels
 
 WEATHER = dump_tools(tool_sets()["Weather"])

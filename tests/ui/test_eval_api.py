@@ -83,11 +83,20 @@ def test_compare_two_runs(client):
     b, _, _ = client.predict(**{**FORM, "shots": 3}, limit=12, api_name="/evaluate")
     overall, subjects, flips = client.predict(a, b, api_name="/eval_compare")
     store = RunStore.open()
-    expected = report.compare(store.get(a), store.samples(a), store.get(b), store.samples(b))
+    expected = report.run_delta(store.get(a), store.samples(a), store.get(b), store.samples(b))
     assert expected["shared"] == 12 and "12 samples both hold" in overall and "B−A" in overall
     o = expected["overall"]
     assert rows(subjects)[0] == ["overall", 12, report.pct(o["a"]), report.pct(o["b"]), f"{100 * o['delta']:+.1f}"]
     assert [r[0] for r in rows(flips)] == [f["key"] for f in expected["flipped"]]
+
+
+def test_the_tab_offers_every_benchmark_of_evals(client):
+    run_id, summary, progress = client.predict(benchmark="cmmlu", subset="none", mode="logprob", shots=2, limit=10,
+                                               seed=1, api_name="/evaluate")
+    assert run_id.startswith("cmmlu-") and summary["overall"]["n"] == 10 and "Finished" in progress
+    groups = RunStore.open().get(run_id).params["groups"]  # every category of the benchmark, for its tables
+    assert list(groups) == ["STEM", "Humanities", "Social Science", "Other", "China specific"]
+    assert set(summary["groups"]) <= set(groups)
 
 
 def test_bad_requests_end_in_one_sentence_and_the_app_keeps_serving(client):

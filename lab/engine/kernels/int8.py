@@ -108,24 +108,24 @@ class Int8Linear:
 def counters(model) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's shared device counters: (most outlier columns any product saw, a product had more than its
     slots); made on first use."""
-    if getattr(model, "_lab_int8_seen", None) is None:
+    if getattr(model, "lab_int8_seen", None) is None:
         dev = model.lm_head.weight.device
-        model._lab_int8_seen = torch.zeros((), dtype=torch.long, device=dev)
-        model._lab_int8_over = torch.zeros((), dtype=torch.bool, device=dev)
-    return model._lab_int8_seen, model._lab_int8_over
+        model.lab_int8_seen = torch.zeros((), dtype=torch.long, device=dev)
+        model.lab_int8_over = torch.zeros((), dtype=torch.bool, device=dev)
+    return model.lab_int8_seen, model.lab_int8_over
 
 
 def products(model) -> list[Int8Linear]:
     """Every `Int8Linear` the engine gave the model's layers (fused q/k/v and gate/up, o and down)."""
     found = []
     for layer in model.model.layers:
-        for owner, name in ((layer.self_attn, "_lab_qkv"), (layer.mlp, "_lab_gate_up")):
+        for owner, name in ((layer.self_attn, "lab_qkv"), (layer.mlp, "lab_gate_up")):
             fused = getattr(owner, name, None)
             if fused is not None and isinstance(fused[0], Int8Linear):
                 found.append(fused[0])
         for m in (layer.self_attn.o_proj, layer.mlp.down_proj):
-            if getattr(m, "_lab_int8", None) is not None:
-                found.append(m._lab_int8)
+            if getattr(m, "lab_int8", None) is not None:
+                found.append(m.lab_int8)
     return found
 
 

@@ -22,4 +22,7 @@ KINDS: dict[str, ModuleType] = {"choice": choice, "code": code}
 
 
 def kind_of(spec) -> ModuleType:
-    return KINDS[spec.kind]
+    """The spec's kind, once it has checked that the spec holds what the kind needs (one sentence if not)."""
+    kind = KINDS[spec.kind]
+    kind.check(spec)  # a few dictionary lookups: cheaper than remembering
+    return kind

@@ -24,16 +24,7 @@ from typing import Mapping, Sequence
 from lab.errors import LabError
 from lab.eval import report
 from lab.eval.data import Dataset, Question
-from lab.eval.plan import (
-    EvalRequest,
-    Item,
-    Plan,
-    customize,
-    eval_sampling,
-    numbered,
-    sample_within,
-    spread,
-)
+from lab.eval.plan import EvalRequest, Item, Plan, customize, eval_sampling, numbered, sample_within, spread
 from lab.eval.spec import Spec
 from lab.eval.store import Sample
 

@@ -30,15 +30,7 @@ from lab import runtime
 from lab.errors import LabError
 from lab.eval import sandbox
 from lab.eval.data import Dataset, Problem, read_samples
-from lab.eval.plan import (
-    EvalRequest,
-    Item,
-    Plan,
-    Progress,
-    customize,
-    eval_sampling,
-    numbered,
-)
+from lab.eval.plan import EvalRequest, Item, Plan, Progress, customize, eval_sampling, numbered
 from lab.eval.spec import Spec
 from lab.eval.store import RunStore, Sample
 

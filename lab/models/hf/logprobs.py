@@ -27,13 +27,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from lab.engine.sampling import generate_kwargs
-from lab.interface import (
-    Generated,
-    SamplingParams,
-    TokenLogprobs,
-    draw_seed,
-    finish_reason,
-)
+from lab.interface import Generated, SamplingParams, TokenLogprobs, draw_seed, finish_reason
 from lab.models.hf.decoding import CancelOnEvent, cut_at_stop
 
 MAX_TOP = 20  # as vLLM's default max_logprobs

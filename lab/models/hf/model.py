@@ -17,14 +17,7 @@ from lab import runtime
 from lab.engine.fastpath import MIN_SLOTS, FastPath
 from lab.engine.layers import supported
 from lab.errors import LabError
-from lab.interface import (
-    Capabilities,
-    Chunk,
-    Completion,
-    Message,
-    ModelInfo,
-    SamplingParams,
-)
+from lab.interface import Capabilities, Chunk, Completion, Message, ModelInfo, SamplingParams
 from lab.models.hf import batch, logprobs, streaming
 from lab.models.hf.scoring import ChoiceScorer
 

@@ -19,13 +19,7 @@ from typing import Sequence
 import torch
 
 from lab import runtime
-from lab.engine.prefix import (
-    PrefixScorer,
-    common_length,
-    plan_batches,
-    prefix_groups,
-    reads_one_copy,
-)
+from lab.engine.prefix import PrefixScorer, common_length, plan_batches, prefix_groups, reads_one_copy
 from lab.models.hf.memory import scoring_rows, user_error
 
 

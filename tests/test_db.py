@@ -1,0 +1,70 @@
+"""The run history's schema versions: a new file gets the current one, a file from before versioning (and from
+before the owner column) is migrated forward with its runs, samples and votes intact, a newer file is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lab.compare.votes import VoteStore
+from lab.db import VERSION, Database
+from lab.errors import LabError
+from lab.eval.store import RunStore
+
+# lab.db as the first releases wrote it: no user_version, `runs` without its owner column, no votes table.
+OLD = """
+CREATE TABLE runs (id TEXT PRIMARY KEY, benchmark TEXT NOT NULL, subset TEXT, mode TEXT NOT NULL, shots INTEGER,
+    model TEXT NOT NULL, quant TEXT, params TEXT NOT NULL, data_source TEXT, versions TEXT, seed INTEGER,
+    n_total INTEGER, status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL, summary TEXT);
+CREATE TABLE samples (run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, key TEXT NOT NULL,
+    position INTEGER NOT NULL, subject TEXT, prompt TEXT NOT NULL, output TEXT, extracted TEXT, gold TEXT,
+    correct INTEGER NOT NULL, detail TEXT, duration_s REAL, PRIMARY KEY (run_id, key));
+INSERT INTO runs VALUES ('mmlu-old', 'mmlu', NULL, 'logprob', 5, 'tiny-random', 'fp32', '{"request": {}}', NULL,
+    '{}', 1234, 1, 'finished', 1.0, 2.0, '{"overall": {"accuracy": 1.0}}');
+INSERT INTO samples VALUES ('mmlu-old', 'anatomy/0', 0, 'anatomy', 'p', 'A:-1.0', 'A', 'A', 1, '{}', 0.1);
+"""
+
+
+def version(path) -> int:
+    with sqlite3.connect(path) as c:
+        return c.execute("PRAGMA user_version").fetchone()[0]
+
+
+def test_a_new_file_has_every_table_at_the_current_version(tmp_path):
+    Database.open(tmp_path)
+    assert version(tmp_path / "lab.db") == VERSION
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        owner = "owner" in {r[1] for r in c.execute("PRAGMA table_info(runs)")}
+    assert {"runs", "samples", "votes"} <= tables and owner
+
+
+def test_a_file_from_before_versioning_is_migrated_and_keeps_its_runs(tmp_path):
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        c.executescript(OLD)
+    store = RunStore.open(tmp_path)
+    assert version(tmp_path / "lab.db") == VERSION
+    run = store.get("mmlu-old")
+    assert run.status == "finished" and run.owner is None and run.summary == {"overall": {"accuracy": 1.0}}
+    assert [s.key for s in store.samples("mmlu-old")] == ["anatomy/0"]
+    new = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=1)
+    assert store.get(new).owner  # the migrated column is written
+    assert VoteStore.open(tmp_path).tally() == []  # the votes table came with the migration
+    RunStore.open(tmp_path)  # opening again changes nothing
+    assert version(tmp_path / "lab.db") == VERSION and store.get("mmlu-old").status == "finished"
+
+
+def test_a_file_from_a_newer_version_is_refused_in_one_sentence(tmp_path):
+    Database.open(tmp_path)
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        c.execute(f"PRAGMA user_version={VERSION + 1}")
+    with pytest.raises(LabError, match="written by a newer Qwen Lab") as e:
+        RunStore.open(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_damaged_file_is_one_sentence(tmp_path):
+    (tmp_path / "lab.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LabError, match="cannot be opened"):
+        RunStore.open(tmp_path)
