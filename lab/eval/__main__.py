@@ -108,7 +108,7 @@ def _evaluate(args, store: RunStore) -> int:
     def progress(p) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=p.total, initial=0, unit=kind_of(load_spec(args.command)).UNIT[:4],
+            bar = tqdm(total=p.total, initial=0, unit=kind_of(load_spec(args.command)).UNIT.rstrip("s"),
                        desc=p.run_id, file=sys.stderr, dynamic_ncols=True)
         bar.n = p.done
         bar.set_postfix_str(f"acc {100 * p.accuracy:.1f}%" if p.accuracy is not None else "")
