@@ -33,24 +33,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lab.errors import LabError
-from lab.serve.requests import (
-    ApiError,
-    ToolCallStream,
-    chat_chunk,
-    chat_message,
-    finish_reason,
-    new_id,
-    openai_calls,
-    parse_chat,
-    parse_completion,
-    usage,
-)
+from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_message, finish_reason, new_id, openai_calls,
+                               sse, usage)
+from lab.serve.requests import parse_chat, parse_completion
 
 GRACE_S = 3  # on Ctrl-C or SIGTERM, open streams (a page's event stream, a long reply) get this long to end
-
-
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def _api_error(e: BaseException) -> BaseException:
@@ -210,7 +197,7 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
             nonlocal kind, item
 
             def chunk(delta: dict, finish: str | None = None) -> str:
-                return _sse(chat_chunk(rid, created, name, delta, finish, req.include_usage))
+                return sse(chat_chunk(rid, created, name, delta, finish, req.include_usage))
 
             try:
                 yield chunk({"role": "assistant", "content": ""})
@@ -223,7 +210,7 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                     kind, item = await pump.get()
                 if kind == "error":
                     error = _api_error(item)
-                    yield _sse(error.body() if isinstance(error, ApiError) else ApiError(500, str(error)).body())
+                    yield sse(error.body() if isinstance(error, ApiError) else ApiError(500, str(error)).body())
                 else:
                     rest = stream.finish()
                     if rest:
@@ -232,9 +219,9 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                         yield chunk({"tool_calls": [{"index": i, **call}]})
                     yield chunk({}, finish_reason(stats.finish_reason, bool(stream.calls)))
                     if req.include_usage:
-                        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                        yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
                                     "choices": [], "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
-                yield _sse("[DONE]")
+                yield sse("[DONE]")
             finally:  # the client went away (the task is cancelled) or the reply is over
                 cancel.set()
 
@@ -261,10 +248,10 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
 
         async def events():  # computed whole, then sent as server-sent events: one chunk per prompt
             for choice in choices:
-                yield _sse({**body, "choices": [choice], "usage": None})
+                yield sse({**body, "choices": [choice], "usage": None})
             if req.include_usage:
-                yield _sse({**body, "choices": []})
-            yield _sse("[DONE]")
+                yield sse({**body, "choices": []})
+            yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

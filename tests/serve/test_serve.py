@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from lab.interface import SamplingParams
-from lab.serve.requests import ToolCallStream, chat_message, parse_chat
+from lab.serve.replies import ToolCallStream, chat_message
+from lab.serve.requests import parse_chat
 from tests.conftest import WEATHER, serving
 
 KEY = "sk-lab-test"
