@@ -51,16 +51,16 @@ def _body_model(request: Request) -> type[BaseModel] | None:
 
 async def _next(pump: Pump, cancel: threading.Event, request: Request | None = None):
     """The work's next item or END, awaited off the event loop; its LabError comes back as a 400. With
-    `request`, a client that went away cancels the generation."""
+    `request`, a client that went away cancels the generation (checked at every item, not only when idle)."""
     while True:
         try:
             item = await asyncio.to_thread(pump.get, 0.5)
         except LabError as e:
             raise ApiError(400, str(e)) from None
-        if item is not TICK:
-            return item
         if request is not None and await request.is_disconnected():
             cancel.set()
+        if item is not TICK:
+            return item
 
 
 def build_api(manager, api_key: str | None = None) -> FastAPI:
