@@ -143,7 +143,7 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                 out["tokens"] = model.encode(text)
             return out
 
-        return await asyncio.to_thread(_run_user, count)
+        return await _next(Pump(lambda put: put(count()), name="lab-serve"), threading.Event())
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatCompletionBody, request: Request):
@@ -232,13 +232,6 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def _run_user(fn):
-    try:
-        return fn()
-    except LabError as e:
-        raise ApiError(400, str(e)) from None
 
 
 def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int, int]]:

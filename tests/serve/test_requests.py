@@ -157,7 +157,8 @@ COMPLETION_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("fields, param, sentence", COMPLETION_REFUSALS, ids=[str(f) for f, _, _ in COMPLETION_REFUSALS])
+@pytest.mark.parametrize("fields, param, sentence", COMPLETION_REFUSALS,
+                         ids=[str(f) for f, _, _ in COMPLETION_REFUSALS])
 def test_completion_refusals_are_one_sentence_with_their_param(fields, param, sentence):
     error = refused(parse_completion, {"prompt": "Once", **fields})
     assert (error.message, error.param) == (sentence, param)
