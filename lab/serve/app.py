@@ -1,21 +1,13 @@
-"""An OpenAI-compatible server over the model layer, so any OpenAI client (the SDKs, Open WebUI,
-lm-evaluation-harness) can use a model this project loads, bitsandbytes-quantized ones included.
+"""The OpenAI-compatible server: FastAPI routes over the model layer, so any OpenAI client (the SDKs, Open WebUI,
+lm-evaluation-harness) can use a model this project loads, a bitsandbytes-quantized one included.
 
+    python -m lab.serve --model tiny-random                 # offline, any CPU: http://127.0.0.1:8000/v1
     python -m lab.serve --model Qwen2.5-7B-Instruct --quant 4bit --port 8000 --api-key secret
-    python -m lab.serve --model tiny-random                          # offline, any CPU
-    python app.py --api                                              # the same /v1 routes beside the page
+    python app.py --api                                     # the same routes beside the page
 
-Routes: `GET /v1/models`, `POST /v1/chat/completions` (streamed as server-sent events or not; tools;
-`response_format` json_object and json_schema, enforced while decoding), `POST /v1/completions` (raw
-prompts; `logprobs` and `echo` in OpenAI's legacy shape, from the model's `prompt_logprobs` and `generate_logprobs`), and vLLM's `POST /tokenize`
-and `GET /health`. The request's `model` may be left out or name the served model (its name or Hub id,
-any case); another name is a 404, as OpenAI answers for a model it does not have. Errors are OpenAI's
-{"error": {"message", "type", "param", "code"}} with one sentence: 401 for a missing or wrong key when
-`--api-key` is set, 400 for an invalid request (bad JSON, out-of-range values, n > 1, a prompt that
-does not fit the context, an invalid schema), 404 for another model, 503 when no model is loaded.
-
-Generation is one request at a time per model (the model layer holds a lock; others wait their turn).
-A client that disconnects stops its generation at the next decode step.
+Bodies are read by `lab.serve.requests`, replies written by `lab.serve.replies`; every error is OpenAI's
+{"error": {"message", "type", "param", "code"}} with one sentence. One generation at a time per model; a client
+that disconnects stops its generation at the next decode step.
 """
 
 from __future__ import annotations
@@ -23,86 +15,60 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import json
 import sys
 import threading
 import time
+import typing
 from dataclasses import replace
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from lab.errors import LabError
-from lab.serve.requests import (
-    ApiError,
-    ToolCallStream,
-    chat_chunk,
-    chat_message,
-    finish_reason,
-    new_id,
-    openai_calls,
-    parse_chat,
-    parse_completion,
-    usage,
-)
+from lab.interface import TokenLogprobs
+from lab.pump import END, TICK, Pump
+from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_message, finish_reason, new_id, openai_calls,
+                               sse, usage)
+from lab.serve.requests import ChatCompletionBody, CompletionBody, TokenizeBody, api_error
 
 GRACE_S = 3  # on Ctrl-C or SIGTERM, open streams (a page's event stream, a long reply) get this long to end
+ROUTES = "/v1/chat/completions, /v1/completions, /v1/models, /tokenize and /health"
 
 
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+def _reply(e: ApiError, headers: typing.Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-def _api_error(e: BaseException) -> BaseException:
-    """What a failure in the model layer means for the client: a LabError is the request's fault."""
-    if isinstance(e, ApiError):
-        return e
-    if isinstance(e, LabError):
-        return ApiError(400, str(e))
-    return e
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The pydantic model the matched route reads its body into (its fields' metadata make the sentences)."""
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    hints = typing.get_type_hints(endpoint) if endpoint is not None else {}
+    return next((t for t in hints.values() if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
-class _Pump:
-    """Runs a blocking generator in its own thread and hands its items to the event loop, in order."""
-
-    def __init__(self, produce, cancel: threading.Event) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.cancel = cancel
-        threading.Thread(target=self._run, args=(produce,), name="lab-serve", daemon=True).start()
-
-    def _put(self, item) -> None:
+async def _next(pump: Pump, cancel: threading.Event, request: Request | None = None):
+    """The work's next item or END, awaited off the event loop; its LabError comes back as a 400. With
+    `request`, a client that went away cancels the generation (checked at every item, not only when idle)."""
+    while True:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutting down): stop generating
-            self.cancel.set()
-
-    def _run(self, produce) -> None:
-        try:
-            for item in produce():
-                self._put(("item", item))
-            self._put(("end", None))
-        except BaseException as e:  # raised again in the request's task
-            self._put(("error", e))
-
-    async def get(self, request: Request | None = None):
-        """The next (kind, item); with `request`, a client that went away cancels the generation."""
-        while True:
-            try:
-                return await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    self.cancel.set()
+            item = await asyncio.to_thread(pump.get, 0.5)
+        except LabError as e:
+            raise ApiError(400, str(e)) from None
+        if request is not None and await request.is_disconnected():
+            cancel.set()
+        if item is not TICK:
+            return item
 
 
 def build_api(manager, api_key: str | None = None) -> FastAPI:
     """The /v1 routes over a `lab.models.manager.ModelManager` (whatever model it holds when a request comes)."""
-    app = FastAPI(title="Qwen Lab OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    # Not strict: a body sent without a Content-Type is read as JSON still; one declared as another type is refused.
+    app = FastAPI(title="Qwen Lab OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None,
+                  strict_content_type=False)
     started = int(time.time())
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -113,6 +79,29 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                            code="invalid_api_key")
 
     auth = [Depends(check_key)]
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
+        return _reply(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        try:  # FastAPI reads the body before it runs dependencies: without a key, bad JSON is still a 401
+            check_key(request)
+        except ApiError as denied:
+            return _reply(denied)
+        return _reply(api_error(list(e.errors()), _body_model(request)))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, e: HTTPException) -> JSONResponse:
+        path, allow = request.url.path, (e.headers or {}).get("Allow")
+        if e.status_code == 404:
+            message = f"There is no route {path} here; this server has {ROUTES}."
+        elif e.status_code == 405 and allow:
+            message = f"{path} does not take {request.method}; use {allow}."
+        else:
+            message = f"{str(e.detail).rstrip('.')}."
+        return _reply(ApiError(e.status_code, message), e.headers)
 
     def served(requested: str | None = None):
         try:
@@ -130,15 +119,6 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
         return {"id": info.name, "object": "model", "created": started, "owned_by": "qwen-lab", "root": info.source,
                 "max_model_len": info.context_length}
 
-    async def read_body(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "The request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        return body
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok" if manager.loaded else "no model loaded"}
@@ -152,33 +132,26 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
         return card(served(name))
 
     @app.post("/tokenize", dependencies=auth)
-    async def tokenize(request: Request) -> dict:
-        body = await read_body(request)
-        model = served(body.get("model"))
+    async def tokenize(body: TokenizeBody) -> dict:
+        model = served(body.model)
 
         def count() -> dict:
-            if isinstance(body.get("messages"), list):
-                req = parse_chat({"messages": body["messages"], "tools": body.get("tools")})
-                text = model.render(req.messages, add_generation_prompt=body.get("add_generation_prompt", True),
-                                    tools=req.tools)
-            elif isinstance(body.get("prompt"), str):
-                text = body["prompt"]
-            else:
-                raise ApiError(400, "Send 'prompt' (a string) or 'messages' to count tokens.")
+            text = body.prompt if body.messages is None else model.render(
+                body.messages, add_generation_prompt=body.add_generation_prompt, tools=body.tools)
             out = {"count": model.count_tokens(text), "max_model_len": model.info.context_length}
             if model.capabilities.token_ids:
                 out["tokens"] = model.encode(text)
             return out
 
-        return await asyncio.to_thread(_run_user, count)
+        return await _next(Pump(lambda put: put(count()), name="lab-serve"), threading.Event())
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(request: Request):
-        req = parse_chat(await read_body(request))
+    async def chat_completions(body: ChatCompletionBody, request: Request):
+        req = body.request()
         model = served(req.model)
         rid, created, name, cancel = new_id("chatcmpl"), int(time.time()), model.info.name, threading.Event()
 
-        def produce():
+        def work(put) -> None:
             max_tokens = req.max_tokens
             if max_tokens is None:  # as vLLM: whatever the context leaves after the prompt
                 used = model.count_chat_tokens(req.messages, req.tools)
@@ -187,19 +160,16 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                     raise LabError(f"The messages take {used:,} tokens, which fills {name}'s context of "
                                    f"{model.info.context_length:,} tokens; shorten them.")
             params = replace(req.params, max_new_tokens=max_tokens)
-            yield from model.stream_chat(req.messages, params, cancel, tools=req.tools)
+            for chunk in model.stream_chat(req.messages, params, cancel, tools=req.tools):
+                put(chunk)
 
-        pump = _Pump(produce, cancel)
-        kind, item = await pump.get(request)
-        if kind == "error":  # before the first token: a plain error reply, not a broken stream
-            raise _api_error(item)
+        pump = Pump(work, name="lab-serve")
+        item = await _next(pump, cancel, request)  # an error before the first token: a plain error reply
         if not req.stream:
             text, stats = "", None
-            while kind == "item":
+            while item is not END:
                 text, stats = text + item.text, item.stats or stats
-                kind, item = await pump.get(request)
-            if kind == "error":
-                raise _api_error(item)
+                item = await _next(pump, cancel, request)
             message, called = chat_message(text, req.tools)
             return {"id": rid, "object": "chat.completion", "created": created, "model": name,
                     "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -207,23 +177,23 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                     "usage": usage(stats.prompt_tokens, stats.completion_tokens)}
 
         async def events():
-            nonlocal kind, item
+            nonlocal item
 
             def chunk(delta: dict, finish: str | None = None) -> str:
-                return _sse(chat_chunk(rid, created, name, delta, finish, req.include_usage))
+                return sse(chat_chunk(rid, created, name, delta, finish, req.include_usage))
 
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 stream, stats = ToolCallStream(req.tools), None
-                while kind == "item":
-                    piece = stream.feed(item.text) if item.text else ""
-                    if piece:
-                        yield chunk({"content": piece})
-                    stats = item.stats or stats
-                    kind, item = await pump.get()
-                if kind == "error":
-                    error = _api_error(item)
-                    yield _sse(error.body() if isinstance(error, ApiError) else ApiError(500, str(error)).body())
+                try:
+                    while item is not END:
+                        piece = stream.feed(item.text) if item.text else ""
+                        if piece:
+                            yield chunk({"content": piece})
+                        stats = item.stats or stats
+                        item = await _next(pump, cancel)
+                except Exception as e:  # the reply has begun: the error is its last event
+                    yield sse((e if isinstance(e, ApiError) else ApiError(500, str(e))).body())
                 else:
                     rest = stream.finish()
                     if rest:
@@ -232,50 +202,36 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                         yield chunk({"tool_calls": [{"index": i, **call}]})
                     yield chunk({}, finish_reason(stats.finish_reason, bool(stream.calls)))
                     if req.include_usage:
-                        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
-                                    "choices": [], "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
-                yield _sse("[DONE]")
+                        yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                                   "choices": [], "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
+                yield sse("[DONE]")
             finally:  # the client went away (the task is cancelled) or the reply is over
                 cancel.set()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(request: Request):
-        req = parse_completion(await read_body(request))
+    async def completions(body: CompletionBody, request: Request):
+        req = body.request()
         model = served(req.model)
         rid, created, name, cancel = new_id("cmpl"), int(time.time()), model.info.name, threading.Event()
-
-        def produce():
-            yield _complete(model, req, cancel)
-
-        pump = _Pump(produce, cancel)
-        kind, item = await pump.get(request)
-        if kind == "error":
-            raise _api_error(item)
-        choices, used = item
-        body = {"id": rid, "object": "text_completion", "created": created, "model": name, "choices": choices,
-                "usage": usage(*used)}
+        pump = Pump(lambda put: put(_complete(model, req, cancel)), name="lab-serve")
+        choices, used = await _next(pump, cancel, request)
+        reply = {"id": rid, "object": "text_completion", "created": created, "model": name, "choices": choices,
+                 "usage": usage(*used)}
         if not req.stream:
-            return body
+            return reply
 
         async def events():  # computed whole, then sent as server-sent events: one chunk per prompt
             for choice in choices:
-                yield _sse({**body, "choices": [choice], "usage": None})
+                yield sse({**reply, "choices": [choice], "usage": None})
             if req.include_usage:
-                yield _sse({**body, "choices": []})
-            yield _sse("[DONE]")
+                yield sse({**reply, "choices": []})
+            yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def _run_user(fn):
-    try:
-        return fn()
-    except LabError as e:
-        raise ApiError(400, str(e)) from None
 
 
 def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int, int]]:
@@ -299,8 +255,6 @@ def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[in
                             "finish_reason": finish_reason(c.finish_reason)})
             generated += c.completion_tokens
         return choices, (sum(counts), generated)
-    from lab.interface import TokenLogprobs
-
     for i, prompt in enumerate(req.prompts):
         text, lp, reason = "", TokenLogprobs(), "length"
         if req.max_tokens:

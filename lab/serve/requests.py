@@ -1,156 +1,184 @@
-"""The OpenAI wire format for `lab.serve`: reading requests into the model layer's terms, and writing
-replies, chunks and errors the way OpenAI's API and its SDKs expect them. No web framework here.
+"""The request bodies of `lab.serve`: pydantic models that FastAPI validates, read into the model layer's
+terms (`ChatRequest`, `CompletionRequest`). Replies are written by `lab.serve.replies`.
 
-    req = parse_chat(body)              # ApiError(400, one sentence) on anything invalid
-    chunk = chat_chunk(rid, created, model, {"content": "Hi"})
-    raise ApiError(404, "The model `x` does not exist.", code="model_not_found")
+    async def route(body: ChatCompletionBody): req = body.request()    # FastAPI validates the body
+    req = parse_chat(body_dict)                                         # the same without FastAPI
+    raise api_error(e.errors(), ChatCompletionBody)                     # a ValidationError as one sentence
 
 Sampling fields map onto `SamplingParams`: temperature (0 is greedy), top_p, max_tokens or
-max_completion_tokens, seed, stop, and the extensions top_k and repetition_penalty (vLLM's names). A
-field left out takes the model's own default (`SamplingParams()`, Qwen2.5-Instruct's generation_config),
-as vLLM does, not OpenAI's temperature 1. Unknown fields are ignored; known fields with values this
-server cannot honour (n > 1, a non-zero frequency or presence penalty, logit_bias, a forced tool) are
-refused with one sentence rather than silently dropped.
+max_completion_tokens, seed, stop, and vLLM's top_k (-1 is off) and repetition_penalty. A field left out
+takes the model's own default (`SamplingParams()`, Qwen2.5-Instruct's generation_config), as vLLM does, not
+OpenAI's temperature 1. Unknown fields are ignored; known ones this server cannot honour (n > 1, a non-zero
+frequency or presence penalty, logit_bias, a forced tool) are refused with one sentence, not dropped.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar
+
+from annotated_types import Ge, Le
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from lab.chat.conversation import parse_history
 from lab.chat.json_mode import check_schema
-from lab.chat.tools import OPEN, load_tools, parse_tool_calls
+from lab.chat.tools import load_tools
 from lab.errors import LabError
 from lab.interface import Message, SamplingParams
+from lab.serve.replies import ApiError
 
 MAX_LOGPROBS = 20
+REFUSED = "refused"  # the type of a validation error whose message is already the reply's sentence
 
 
-class ApiError(Exception):
-    """An error reply: HTTP status and OpenAI's {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or {401: "authentication_error", 404: "invalid_request_error"}.get(
-            status, "invalid_request_error" if status < 500 else "server_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+def refuse(sentence: str, param: str | None = None) -> PydanticCustomError:
+    """A validation error that `api_error` passes on as it is; `param` defaults to the field being validated."""
+    # pydantic fills "{param}" in the sentence from this context; no sentence spells it.
+    return PydanticCustomError(REFUSED, sentence, {"param": param} if param else None)
 
 
-def bad(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
+def unsupported(sentence: str, param: str | None = None) -> AfterValidator:
+    """Field metadata: refuse any value but a falsy one (null, 0, false, empty) with `sentence`."""
+
+    def check(value):
+        if value:
+            raise refuse(sentence, param)
+        return value
+
+    return AfterValidator(check)
 
 
-# ---- reading requests ---------------------------------------------------------------------------
-def _number(body: dict, name: str, kind=float, low: float | None = None, high: float | None = None):
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise bad(f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}.", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        span = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-        raise bad(f"'{name}' must be {span}, got {value}.", name)
-    return kind(value)
+@dataclass(frozen=True)
+class Otherwise:
+    """Field metadata: the sentence for a value of the wrong type or shape (numbers say their own)."""
+
+    sentence: str
 
 
-def _stop(body: dict) -> tuple[str, ...]:
-    stop = body.get("stop")
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise bad("'stop' must be a string or a list of strings.", "stop")
-    return tuple(s for s in stop if s)
+def _whole(value):
+    # JSON has one kind of number: 2.0 is the integer 2, which strict mode alone refuses (2.5 it still does).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _refuse_unsupported(body: dict) -> None:
-    n = _number(body, "n", int, 1)
-    if n is not None and n > 1:
-        raise bad(f"'n' must be 1 on this server (one generation at a time), got {n}.", "n")
-    best_of = _number(body, "best_of", int, 1)
-    if best_of is not None and best_of > 1:
-        raise bad(f"'best_of' must be 1 on this server, got {best_of}.", "best_of")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if _number(body, name, float, -2, 2):
-            raise bad(f"'{name}' is not supported; use 'repetition_penalty' (1.0 is off).", name)
-    if body.get("logit_bias"):
-        raise bad("'logit_bias' is not supported.", "logit_bias")
+Int = Annotated[int, BeforeValidator(_whole)]
+MESSAGES = "'messages' must be a non-empty list of {\"role\", \"content\"} messages."
+CHAT_LOGPROBS = "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."
+PROMPT = "'prompt' must be a string or a non-empty list of strings (token ids are not accepted)."
 
 
-def sampling(body: dict, default_max: int | None) -> tuple[SamplingParams, int | None]:
-    """The request's sampling settings, and its max_tokens (None when left out: the caller decides)."""
-    _refuse_unsupported(body)
-    max_tokens = _number(body, "max_completion_tokens", int, 0)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", int, 0)
-    defaults = SamplingParams()
-    values = {
-        "temperature": _number(body, "temperature", float, 0),
-        "top_p": _number(body, "top_p", float, 0, 1),
-        "top_k": _number(body, "top_k", int, -1),
-        "repetition_penalty": _number(body, "repetition_penalty", float, 0),
-        "seed": _number(body, "seed", int),
-    }
-    if values["top_k"] == -1:  # vLLM's "off"
-        values["top_k"] = 0
-    kept = {k: v for k, v in values.items() if v is not None}
-    try:
-        params = SamplingParams(**{**defaults.to_dict(), **kept, "stop": _stop(body),
-                                   "max_new_tokens": max(1, max_tokens or default_max or 1)})
-    except ValueError as e:
-        raise bad(f"A sampling setting is out of range: {e}.") from None
-    if body.get("ignore_eos") is True:
-        params.ignore_eos = True
-    return params, max_tokens
+class _Body(BaseModel):
+    # Strict: true is not 1, "2" is not 2 and 2 is not "2". Unknown fields are ignored (clients send extensions).
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: Annotated[str | None, Otherwise("'model' must be a string.")] = None
 
 
-def include_usage(body: dict) -> bool:
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise bad("'stream_options' must be an object like {\"include_usage\": true}.", "stream_options")
-    return bool((options or {}).get("include_usage"))
+class _Sampling(_Body):
+    default_max_tokens: ClassVar[int | None] = None  # None: the route decides (a chat: what the context leaves)
 
+    n: Annotated[Int | None, Field(ge=1)] = None
+    best_of: Annotated[Int | None, Field(ge=1)] = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2), unsupported(
+        "'frequency_penalty' is not supported; use 'repetition_penalty' (1.0 is off).")] = None
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2), unsupported(
+        "'presence_penalty' is not supported; use 'repetition_penalty' (1.0 is off).")] = None
+    logit_bias: Annotated[Any, unsupported("'logit_bias' is not supported.")] = None
+    max_completion_tokens: Annotated[Int | None, Field(ge=0)] = None
+    max_tokens: Annotated[Int | None, Field(ge=0)] = None
+    temperature: Annotated[float | None, Field(ge=0)] = None
+    top_p: Annotated[float | None, Field(ge=0, le=1)] = None
+    top_k: Annotated[Int | None, Field(ge=-1)] = None
+    repetition_penalty: Annotated[float | None, Field(ge=0)] = None
+    seed: Int | None = None
+    stop: Annotated[str | list[str] | None, Otherwise("'stop' must be a string or a list of strings.")] = None
+    ignore_eos: Any = None  # only true turns it on
+    stream: Any = False
+    stream_options: Annotated[dict | None, Otherwise(
+        "'stream_options' must be an object like {\"include_usage\": true}.")] = None
+    _params: SamplingParams = PrivateAttr()
 
-def _response_format(value) -> dict | None:
-    if value is None:
-        return None
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "json_object"}
-    if kind == "json_schema":
-        spec = value.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if schema is None:
-            raise bad("'response_format' of type json_schema needs 'json_schema': {\"name\", \"schema\"}.",
-                      "response_format")
+    @field_validator("n", "best_of")
+    @classmethod
+    def _one_at_a_time(cls, value, info: ValidationInfo):
+        if value is not None and value > 1:
+            why = " (one generation at a time)" if info.field_name == "n" else ""
+            raise refuse(f"'{info.field_name}' must be 1 on this server{why}, got {value}.")
+        return value
+
+    @model_validator(mode="after")
+    def _sampling(self):
+        given = {"temperature": self.temperature, "top_p": self.top_p, "repetition_penalty": self.repetition_penalty,
+                 "top_k": 0 if self.top_k == -1 else self.top_k, "seed": self.seed}  # -1: vLLM's "off"
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
         try:
-            check_schema(schema)
-        except LabError as e:
-            raise bad(str(e), "response_format") from None
-        return {"type": "json_schema", "json_schema": {"name": spec.get("name", "reply"), "schema": schema}}
-    raise bad("'response_format' must have type text, json_object or json_schema.", "response_format")
+            self._params = SamplingParams(**{k: v for k, v in given.items() if v is not None},
+                                          stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos is True,
+                                          max_new_tokens=max(1, self.asked_max_tokens or self.default_max_tokens or 1))
+        except ValueError as e:
+            raise refuse(f"A sampling setting is out of range: {e}.") from None
+        return self
+
+    @property
+    def asked_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
 
 
-def _tools(body: dict) -> list[dict] | None:
-    tools, choice = body.get("tools"), body.get("tool_choice", "auto")
-    if choice not in ("auto", "none", None):
-        raise bad("'tool_choice' must be \"auto\" or \"none\" on this server; the model decides when to call "
-                  "a tool.", "tool_choice")
-    if not tools or choice == "none":
+def _messages(raw: list) -> list[Message]:
+    """OpenAI's messages as the chat template reads them (the developer role is the system one)."""
+    if not raw:
+        raise refuse(MESSAGES)
+    raw = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in raw]
+    try:
+        system, history = parse_history(raw)
+    except LabError as e:
+        raise refuse(str(e).replace("of the history", "of 'messages'")) from None
+    if not history:
+        raise refuse("'messages' needs a user message after the system message.")
+    # Sent as given: without a system message Qwen's template adds its own default one.
+    return ([{"role": "system", "content": system}] if system is not None else []) + history
+
+
+def _tool_choice(value):
+    if value not in ("auto", "none", None):
+        raise refuse("'tool_choice' must be \"auto\" or \"none\" on this server; the model decides when to call a "
+                     "tool.")
+    return value
+
+
+def _tools(tools, info: ValidationInfo) -> list[dict] | None:
+    """Tools in the chat template's format; None without any, or when `tool_choice` is "none"."""
+    if not tools or info.data.get("tool_choice") == "none":
         return None
     try:
         return load_tools(json.dumps(tools))
     except LabError as e:
-        raise bad(str(e), "tools") from None
+        raise refuse(str(e)) from None
+
+
+def _response_format(value) -> dict | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if value is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise refuse("'response_format' must have type text, json_object or json_schema.")
+    spec = value.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if schema is None:
+        raise refuse("'response_format' of type json_schema needs 'json_schema': {\"name\", \"schema\"}.")
+    try:
+        check_schema(schema)
+    except LabError as e:
+        raise refuse(str(e)) from None
+    return {"type": "json_schema", "json_schema": {"name": spec.get("name", "reply"), "schema": schema}}
 
 
 @dataclass
@@ -164,33 +192,29 @@ class ChatRequest:
     include_usage: bool = False
 
 
-def parse_chat(body: dict) -> ChatRequest:
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise bad("'messages' must be a non-empty list of {\"role\", \"content\"} messages.", "messages")
-    if any(isinstance(m, dict) and m.get("role") == "developer" for m in raw):
-        raw = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in raw]
-    try:
-        system, history = parse_history(raw)
-    except LabError as e:
-        raise bad(str(e).replace("of the history", "of 'messages'"), "messages") from None
-    if not history:
-        raise bad("'messages' needs a user message after the system message.", "messages")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise bad("Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions.",
-                  "logprobs")
-    params, max_tokens = sampling(body, None)
-    if max_tokens == 0:
-        raise bad("'max_tokens' must be at least 1 for a chat completion.", "max_tokens")
-    params.response_format = _response_format(body.get("response_format"))
-    tools = _tools(body)
-    if tools and params.response_format:
-        raise bad("'response_format' constrains the whole reply, so it cannot be combined with 'tools'.",
-                  "response_format")
-    # Sent as given: without a system message Qwen's template adds its own default one.
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + history
-    return ChatRequest(_model(body), messages, params, max_tokens, tools, bool(body.get("stream")),
-                       include_usage(body))
+class ChatCompletionBody(_Sampling):
+    """POST /v1/chat/completions. After validation `messages`, `tools` and `response_format` are normalized."""
+
+    messages: Annotated[list, Otherwise(MESSAGES), AfterValidator(_messages)]
+    logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
+    top_logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
+    response_format: Annotated[Any, AfterValidator(_response_format)] = None
+    tool_choice: Annotated[Any, AfterValidator(_tool_choice)] = "auto"
+    tools: Annotated[Any, AfterValidator(_tools)] = None  # None with tool_choice "none"
+
+    @model_validator(mode="after")
+    def _chat(self):
+        if self.asked_max_tokens == 0:
+            raise refuse("'max_tokens' must be at least 1 for a chat completion.", "max_tokens")
+        if self.tools and self.response_format:
+            raise refuse("'response_format' constrains the whole reply, so it cannot be combined with 'tools'.",
+                         "response_format")
+        return self
+
+    def request(self) -> ChatRequest:
+        params = replace(self._params, response_format=self.response_format)
+        return ChatRequest(self.model, self.messages, params, self.asked_max_tokens, self.tools, bool(self.stream),
+                           self.include_usage)
 
 
 @dataclass
@@ -205,102 +229,83 @@ class CompletionRequest:
     include_usage: bool = False
 
 
+class CompletionBody(_Sampling):
+    """POST /v1/completions: raw prompts, without the chat template."""
+
+    default_max_tokens: ClassVar[int] = 16  # OpenAI's default for completions
+
+    prompt: Annotated[str | Annotated[list[str], Field(min_length=1)], Otherwise(PROMPT)]
+    suffix: Annotated[Any, unsupported("'suffix' is not supported.")] = None
+    logprobs: Annotated[Int | None, Field(ge=0, le=MAX_LOGPROBS)] = None
+    echo: Annotated[bool, Otherwise("'echo' must be true or false.")] = False
+
+    def request(self) -> CompletionRequest:
+        asked = self.asked_max_tokens
+        return CompletionRequest(self.model, [self.prompt] if isinstance(self.prompt, str) else self.prompt,
+                                 self._params, self.default_max_tokens if asked is None else asked, self.echo,
+                                 self.logprobs, bool(self.stream), self.include_usage)
+
+
+class TokenizeBody(_Body):
+    """vLLM's POST /tokenize: `prompt` as it is, or `messages` (and `tools`) through the chat template."""
+
+    prompt: Any = None
+    # Anything but a list of messages counts `prompt` instead, and then `tools` are not read.
+    messages: Annotated[Any, AfterValidator(lambda value: _messages(value) if isinstance(value, list) else None)] = None
+    tools: Annotated[Any, AfterValidator(lambda value, info: _tools(value, info) if info.data.get("messages")
+                                         else None)] = None
+    add_generation_prompt: Any = True
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.messages is None and not isinstance(self.prompt, str):
+            raise refuse("Send 'prompt' (a string) or 'messages' to count tokens.")
+        return self
+
+
+def api_error(errors: list[dict], model: type[BaseModel] | None) -> ApiError:
+    """The first of pydantic's (or FastAPI's) validation errors as a 400 with one sentence; a number's bounds
+    and a field's own sentence (`Otherwise`) are read from `model`'s field metadata."""
+    error = errors[0]
+    loc = tuple(error.get("loc", ()))
+    loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's errors say where: ("body", field, ...)
+    name = loc[0] if loc and isinstance(loc[0], str) else None
+    kind, value = error["type"], error.get("input")
+    if kind == REFUSED:
+        return ApiError(400, error["msg"], param=(error.get("ctx") or {}).get("param", name))
+    if kind == "json_invalid" or (name is None and kind == "missing"):
+        return ApiError(400, "The request body is not valid JSON.")
+    if name is None:
+        if isinstance(value, bytes):  # FastAPI reads a body as JSON only when its Content-Type says so
+            return ApiError(400, "The request body was not sent as JSON; send it with 'Content-Type: "
+                                 "application/json'.")
+        return ApiError(400, "The request body must be a JSON object.")
+    field = model.model_fields.get(name) if model is not None else None
+    meta = field.metadata if field is not None else []
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low = next((m.ge for m in meta if isinstance(m, Ge)), None)
+        high = next((m.le for m in meta if isinstance(m, Le)), None)
+        span = (f"between {low:g} and {high:g}" if low is not None and high is not None
+                else f"at least {low:g}" if low is not None else f"at most {high:g}")
+        return ApiError(400, f"'{name}' must be {span}, got {value}.", param=name)
+    if kind in ("int_type", "int_from_float", "float_type"):
+        what = "a number" if kind == "float_type" else "an integer"
+        return ApiError(400, f"'{name}' must be {what}, got {json.dumps(value, default=str)}.", param=name)
+    said = next((m.sentence for m in meta if isinstance(m, Otherwise)), None)
+    return ApiError(400, said or f"'{name}' is not valid: {error['msg']}.", param=name)
+
+
+def read(model: type[BaseModel], body: dict) -> BaseModel:
+    """`body` validated as `model`; ApiError(400, one sentence) when it is not."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise api_error(e.errors(), model) from None
+
+
+def parse_chat(body: dict) -> ChatRequest:
+    return read(ChatCompletionBody, body).request()
+
+
 def parse_completion(body: dict) -> CompletionRequest:
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise bad("'prompt' must be a string or a non-empty list of strings (token ids are not accepted).", "prompt")
-    if body.get("suffix"):
-        raise bad("'suffix' is not supported.", "suffix")
-    params, max_tokens = sampling(body, 16)  # OpenAI's default for completions
-    logprobs = _number(body, "logprobs", int, 0, MAX_LOGPROBS)
-    echo = body.get("echo", False)
-    if not isinstance(echo, bool):
-        raise bad("'echo' must be true or false.", "echo")
-    return CompletionRequest(_model(body), prompts, params, 16 if max_tokens is None else max_tokens, echo, logprobs,
-                             bool(body.get("stream")), include_usage(body))
-
-
-def _model(body: dict) -> str | None:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad("'model' must be a string.", "model")
-    return model
-
-
-# ---- writing replies ----------------------------------------------------------------------------
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def finish_reason(reason: str, calls: bool = False) -> str:
-    if calls:
-        return "tool_calls"
-    return "length" if reason == "length" else "stop"  # a cancelled reply only reaches a client that left
-
-
-def openai_calls(calls) -> list[dict]:
-    """`lab.chat.tools.ToolCall`s in OpenAI's wire format, each with a fresh id."""
-    return [{**c.to_openai(), "id": f"call_{secrets.token_hex(12)}"} for c in calls]
-
-
-def chat_message(text: str, tools: list[dict] | None) -> tuple[dict, bool]:
-    """The assistant message for a finished reply; with tools, its <tool_call> blocks become `tool_calls`."""
-    if tools:
-        parsed = parse_tool_calls(text, tools)
-        if parsed.calls:
-            return {"role": "assistant", "content": parsed.content or None,
-                    "tool_calls": openai_calls(parsed.calls)}, True
-    return {"role": "assistant", "content": text}, False
-
-
-def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None = None,
-               with_usage: bool = False) -> dict:
-    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-    if with_usage:
-        chunk["usage"] = None  # OpenAI's shape: null on every chunk but the last, which carries the counts
-    return chunk
-
-
-@dataclass
-class ToolCallStream:
-    """Streams a reply's text until a <tool_call> block begins; the calls are read from the whole
-    reply at the end and sent as `tool_calls` deltas (text that may open a block is held back)."""
-
-    tools: list[dict] | None
-    text: str = ""
-    sent: int = 0
-    calling: bool = False
-    calls: list = field(default_factory=list)
-
-    def feed(self, piece: str) -> str:
-        self.text += piece
-        if not self.tools:
-            self.sent = len(self.text)
-            return piece
-        if self.calling:
-            return ""
-        at = self.text.find(OPEN, self.sent)
-        if at >= 0:
-            self.calling = True
-            out, self.sent = self.text[self.sent:at], at
-            return out
-        hold = next((k for k in range(min(len(OPEN) - 1, len(self.text)), 0, -1) if OPEN.startswith(self.text[-k:])),
-                    0)
-        out, self.sent = self.text[self.sent:len(self.text) - hold], len(self.text) - hold
-        return out
-
-    def finish(self) -> str:
-        """The text not sent yet (without well-formed call blocks); sets `calls`."""
-        rest = self.text[self.sent:]
-        if not self.tools:
-            return rest
-        parsed = parse_tool_calls(rest, self.tools)
-        self.calls = parsed.calls
-        return parsed.content if parsed.calls else rest
+    return read(CompletionBody, body).request()

@@ -1,5 +1,5 @@
-"""`python -m lab.serve` called with the official OpenAI Python SDK, as any client would, and
-`python app.py --api` serving the same /v1 routes beside the page."""
+"""`python -m lab.serve` in a subprocess, called with the official OpenAI Python SDK as any client would (and
+with httpx for what the SDK cannot send), and `python app.py --api` serving the same /v1 routes beside the page."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import openai
 import pytest
 
 from lab.interface import SamplingParams
-from lab.serve.requests import ToolCallStream, chat_message, parse_chat
 from tests.conftest import WEATHER, serving
 
 KEY = "sk-lab-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,7 @@ def test_completions_with_logprobs_and_echo(client, tiny):
     assert two.choices[1].text == tiny.generate(["1, 2, 3,"], SamplingParams(temperature=0, max_new_tokens=4))[0].text
 
 
+@pytest.mark.slow
 def test_json_schema_response_format_returns_valid_json(client):
     from jsonschema import validate
 
@@ -116,24 +117,6 @@ def test_tools_reach_the_template_and_tool_messages_are_accepted(client):
         {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 25}"}]
     reply = client.chat.completions.create(model="tiny-random", messages=history, max_tokens=4, tools=[WEATHER])
     assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")
-
-
-def test_tool_call_blocks_become_openai_tool_calls():
-    reply = ('Let me check.\n<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "北京"}}\n'
-             '</tool_call>')
-    message, called = chat_message(reply, [WEATHER])
-    assert called and message["content"] == "Let me check."
-    (call,) = message["tool_calls"]
-    assert call["type"] == "function" and call["id"].startswith("call_")
-    assert call["function"] == {"name": "get_current_weather", "arguments": '{"location": "北京"}'}
-    # Streamed: the text before the block goes out as it comes, the block never does.
-    stream = ToolCallStream([WEATHER])
-    sent = "".join(stream.feed(reply[i:i + 3]) for i in range(0, len(reply), 3))
-    assert sent == "Let me check.\n" and stream.finish() == "" and stream.calls[0].arguments == {"location": "北京"}
-    stream = ToolCallStream([WEATHER])  # a '<' that opens no block is held back only until it is clear
-    assert stream.feed("a <tool") == "a " and stream.feed("s> b") == "<tools> b" and stream.finish() == ""
-    assert parse_chat({"messages": [{"role": "developer", "content": "x"}, {"role": "user", "content": "y"}]}
-                      ).messages[0] == {"role": "system", "content": "x"}
 
 
 def _error(excinfo) -> dict:
@@ -166,6 +149,54 @@ def test_errors_have_openais_shape_and_status(client, server):
     assert r.status_code == 400 and r.json()["error"]["message"] == "The request body is not valid JSON."
 
 
+def test_unknown_routes_and_methods_have_openais_shape(server):
+    r = httpx.get(server + "/v1/engines", headers=AUTH)
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+    error = r.json()["error"]
+    assert error["message"].startswith("There is no route /v1/engines here; this server has /v1/chat/completions")
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, None)
+    r = httpx.get(server + "/v1/chat/completions", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"]["message"] == "/v1/chat/completions does not take GET; use POST."
+    r = httpx.post(server + "/v1/models", headers=AUTH, json={})
+    assert r.status_code == 405 and r.json()["error"]["message"] == "/v1/models does not take POST; use GET."
+
+
+def test_bodies_that_are_not_json_objects_are_refused(server):
+    def post(content: bytes, **headers):
+        r = httpx.post(server + "/v1/chat/completions", content=content, headers={**AUTH, **headers})
+        assert r.status_code == 400 and r.json()["error"]["param"] is None
+        return r.json()["error"]["message"]
+
+    as_json = {"Content-Type": "application/json"}
+    for body in (b"[1, 2]", b'"Hi"', b"null", b"3"):
+        assert post(body, **as_json) == "The request body must be a JSON object."
+    assert post(b"", **as_json) == post(b'{"messages": ', **as_json) == "The request body is not valid JSON."
+    assert post(b'{"messages": []}', **{"Content-Type": "text/plain"}) == \
+        "The request body was not sent as JSON; send it with 'Content-Type: application/json'."
+    # Without the key, a body that is not JSON is still a 401 (FastAPI reads the body before checking the key).
+    assert httpx.post(server + "/v1/completions", content=b"{not json").status_code == 401
+
+
+def test_invalid_fields_name_their_param(server):
+    r = httpx.post(server + "/v1/chat/completions", headers=AUTH, json={"messages": HELLO, "temperature": -1})
+    assert r.status_code == 400 and r.json()["error"] == {
+        "message": "'temperature' must be at least 0, got -1.", "type": "invalid_request_error",
+        "param": "temperature", "code": None}
+    r = httpx.post(server + "/v1/completions", headers=AUTH, json={"prompt": [1, 2], "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = httpx.post(server + "/tokenize", headers=AUTH, json={"prompt": 3})
+    assert r.status_code == 400 and r.json()["error"]["message"] == \
+        "Send 'prompt' (a string) or 'messages' to count tokens."
+
+
+def test_tokenize_counts_prompts_and_messages(server, tiny):
+    r = httpx.post(server + "/tokenize", headers=AUTH, json={"prompt": "Say hello. 你好"}).json()
+    assert r["count"] == tiny.count_tokens("Say hello. 你好") == len(r["tokens"]) and r["max_model_len"] == 4096
+    r = httpx.post(server + "/tokenize", headers=AUTH, json={"messages": HELLO}).json()
+    assert r["count"] == tiny.count_chat_tokens(HELLO)
+
+
 def test_a_client_that_disconnects_stops_its_generation(client, server):
     body = {"model": "tiny-random", "messages": HELLO, "max_tokens": 4000, "stream": True, "seed": 1,
             "extra": "ignored"}
@@ -175,6 +206,12 @@ def test_a_client_that_disconnects_stops_its_generation(client, server):
         got = [next(lines) for _ in range(6)]
     assert any('"content"' in line for line in got)
     # 4,000 tokens would hold the model for a minute or more; the next request gets it at once.
+    t = time.monotonic()
+    client.chat.completions.create(model="tiny-random", messages=HELLO, max_tokens=2)
+    assert time.monotonic() - t < 20
+    # The same without streaming: the client gives up waiting for the whole reply.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server + "/v1/chat/completions", json={**body, "stream": False}, timeout=1, headers=AUTH)
     t = time.monotonic()
     client.chat.completions.create(model="tiny-random", messages=HELLO, max_tokens=2)
     assert time.monotonic() - t < 20

@@ -1,0 +1,200 @@
+"""`lab.serve.requests` on literal bodies, no server: what each field means, and the one sentence (and
+`param`) a client gets for each thing this server refuses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from pydantic import ValidationError
+
+from lab.interface import SamplingParams
+from lab.serve.replies import ApiError
+from lab.serve.requests import ChatCompletionBody, TokenizeBody, api_error, parse_chat, parse_completion, read
+from tests.conftest import WEATHER
+
+HI = [{"role": "user", "content": "Hi"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+
+
+def chat(**fields):
+    return parse_chat({"messages": HI, **fields})
+
+
+def completion(**fields):
+    return parse_completion({"prompt": "Once", **fields})
+
+
+def refused(parse, body: dict) -> ApiError:
+    with pytest.raises(ApiError) as e:
+        parse(body)
+    assert e.value.status == 400 and e.value.type == "invalid_request_error"
+    return e.value
+
+
+def test_fields_left_out_take_the_models_own_defaults():
+    req = chat()
+    assert replace(req.params, max_new_tokens=512) == SamplingParams()  # Qwen's generation_config, as vLLM
+    assert req.max_tokens is None  # the route gives what the context leaves after the prompt
+    assert (req.model, req.tools, req.stream, req.include_usage) == (None, None, False, False)
+    req = completion()
+    assert req.params == SamplingParams(max_new_tokens=16) and req.max_tokens == 16  # OpenAI's default
+    assert (req.prompts, req.echo, req.logprobs) == (["Once"], False, None)
+
+
+def test_sampling_fields_map_onto_sampling_params():
+    req = chat(temperature=0, top_p=0.5, top_k=-1, repetition_penalty=1.0, seed=7, max_tokens=8, stop="\n",
+               ignore_eos=True, stream=True, stream_options={"include_usage": True}, model="tiny-random",
+               user="someone", metadata={"x": 1})  # unknown fields are ignored
+    assert req.params == SamplingParams(temperature=0, top_p=0.5, top_k=0, repetition_penalty=1.0, seed=7,
+                                        max_new_tokens=8, stop=("\n",), ignore_eos=True)  # top_k -1 is off: 0
+    assert (req.max_tokens, req.stream, req.include_usage, req.model) == (8, True, True, "tiny-random")
+    assert chat(max_completion_tokens=5, max_tokens=9).max_tokens == 5  # the newer name wins
+    assert chat(top_k=3.0, seed=2.0).params.top_k == 3  # 2.0 is an integer in JSON
+    assert chat(temperature=1).params.temperature == 1.0 and chat(ignore_eos="yes").params.ignore_eos is False
+    assert chat(temperature=None).params.temperature == SamplingParams().temperature  # null is left out
+
+
+@pytest.mark.parametrize("stop, kept", [("END", ("END",)), (["a", "", "b"], ("a", "b")), ([], ()), (None, ())])
+def test_stop_is_a_string_or_a_list_of_strings(stop, kept):
+    assert chat(stop=stop).params.stop == kept
+
+
+def test_messages_are_read_as_the_chat_template_reads_them():
+    assert parse_chat({"messages": [{"role": "developer", "content": "x"}, {"role": "user", "content": "y"}]}
+                      ).messages[0] == {"role": "system", "content": "x"}
+    with_system = [{"role": "system", "content": "Be brief."}, *HI]
+    assert chat(messages=with_system).messages == with_system
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert chat(messages=parts).messages == [{"role": "user", "content": "ab"}]
+    assert chat(messages=HI).messages == HI  # no system message added: Qwen's template adds its own
+
+
+def test_tools_and_response_format():
+    assert chat(tools=[WEATHER]).tools == [WEATHER]
+    assert chat(tools=[WEATHER], tool_choice="none").tools is None
+    assert chat(tools=[WEATHER["function"]]).tools == [WEATHER]  # a bare function is accepted too
+    assert chat(response_format={"type": "text"}).params.response_format is None
+    assert chat(response_format={"type": "json_object"}).params.response_format == {"type": "json_object"}
+    fmt = chat(response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}}).params.response_format
+    assert fmt == {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
+
+
+def test_completion_fields():
+    req = completion(prompt=["a", "b"], echo=True, logprobs=0, max_tokens=0)
+    assert (req.prompts, req.echo, req.logprobs, req.max_tokens) == (["a", "b"], True, 0, 0)  # 0: score only
+    assert completion(logprobs=20).logprobs == 20 and completion(prompt="").prompts == [""]
+
+
+TOKEN_IDS = "'prompt' must be a string or a non-empty list of strings (token ids are not accepted)."
+PENALTY = "is not supported; use 'repetition_penalty' (1.0 is off)."
+CHAT_REFUSALS = [
+    ({"n": 2}, "n", "'n' must be 1 on this server (one generation at a time), got 2."),
+    ({"n": 0}, "n", "'n' must be at least 1, got 0."),
+    ({"best_of": 3}, "best_of", "'best_of' must be 1 on this server, got 3."),
+    ({"frequency_penalty": 0.5}, "frequency_penalty", f"'frequency_penalty' {PENALTY}"),
+    ({"presence_penalty": -1}, "presence_penalty", f"'presence_penalty' {PENALTY}"),
+    ({"presence_penalty": 3}, "presence_penalty", "'presence_penalty' must be between -2 and 2, got 3."),
+    ({"logit_bias": {"42": 5}}, "logit_bias", "'logit_bias' is not supported."),
+    ({"temperature": -0.5}, "temperature", "'temperature' must be at least 0, got -0.5."),
+    ({"temperature": True}, "temperature", "'temperature' must be a number, got true."),
+    ({"temperature": "0.5"}, "temperature", "'temperature' must be a number, got \"0.5\"."),
+    ({"top_p": 1.5}, "top_p", "'top_p' must be between 0 and 1, got 1.5."),
+    ({"top_p": 0}, None, "A sampling setting is out of range: top_p must be in (0, 1], got 0.0."),
+    ({"top_k": -2}, "top_k", "'top_k' must be at least -1, got -2."),
+    ({"top_k": 2.5}, "top_k", "'top_k' must be an integer, got 2.5."),
+    ({"seed": False}, "seed", "'seed' must be an integer, got false."),
+    ({"max_tokens": -1}, "max_tokens", "'max_tokens' must be at least 0, got -1."),
+    ({"max_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1 for a chat completion."),
+    ({"max_completion_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1 for a chat completion."),
+    ({"stop": [1]}, "stop", "'stop' must be a string or a list of strings."),
+    ({"stop": {"a": 1}}, "stop", "'stop' must be a string or a list of strings."),
+    ({"model": 3}, "model", "'model' must be a string."),
+    ({"stream_options": True}, "stream_options", "'stream_options' must be an object like {\"include_usage\": true}."),
+    ({"logprobs": True}, "logprobs",
+     "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."),
+    ({"top_logprobs": 2}, "logprobs",
+     "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."),
+    ({"tool_choice": "required"}, "tool_choice",
+     "'tool_choice' must be \"auto\" or \"none\" on this server; the model decides when to call a tool."),
+    ({"tools": [{"description": "no name"}]}, "tools", "Tool 1 has no 'name'."),
+    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
+     "'response_format' constrains the whole reply, so it cannot be combined with 'tools'."),
+    ({"response_format": {"type": "xml"}}, "response_format",
+     "'response_format' must have type text, json_object or json_schema."),
+    ({"response_format": "json"}, "response_format",
+     "'response_format' must have type text, json_object or json_schema."),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format",
+     "'response_format' of type json_schema needs 'json_schema': {\"name\", \"schema\"}."),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object", "required": "x"}}}},
+     "response_format", "The JSON Schema is invalid at required: 'x' is not of type 'array'."),
+    ({"messages": []}, "messages", "'messages' must be a non-empty list of {\"role\", \"content\"} messages."),
+    ({"messages": "Hi"}, "messages", "'messages' must be a non-empty list of {\"role\", \"content\"} messages."),
+    ({"messages": [{"role": "system", "content": "x"}]}, "messages",
+     "'messages' needs a user message after the system message."),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages",
+     "Message 1 of 'messages' needs a role (user, assistant, tool, or system first) and text content."),
+]
+
+
+@pytest.mark.parametrize("fields, param, sentence", CHAT_REFUSALS, ids=[str(f) for f, _, _ in CHAT_REFUSALS])
+def test_chat_refusals_are_one_sentence_with_their_param(fields, param, sentence):
+    error = refused(parse_chat, {"messages": HI, **fields})
+    assert (error.message, error.param) == (sentence, param)
+
+
+COMPLETION_REFUSALS = [
+    ({"prompt": [1, 2, 3]}, "prompt", TOKEN_IDS),
+    ({"prompt": []}, "prompt", TOKEN_IDS),
+    ({"prompt": None}, "prompt", TOKEN_IDS),
+    ({"logprobs": 21}, "logprobs", "'logprobs' must be between 0 and 20, got 21."),
+    ({"logprobs": -1}, "logprobs", "'logprobs' must be between 0 and 20, got -1."),
+    ({"logprobs": 2.5}, "logprobs", "'logprobs' must be an integer, got 2.5."),
+    ({"echo": "yes"}, "echo", "'echo' must be true or false."),
+    ({"suffix": "The end."}, "suffix", "'suffix' is not supported."),
+    ({"n": 2}, "n", "'n' must be 1 on this server (one generation at a time), got 2."),
+    ({"max_tokens": 1.5}, "max_tokens", "'max_tokens' must be an integer, got 1.5."),
+]
+
+
+@pytest.mark.parametrize("fields, param, sentence", COMPLETION_REFUSALS,
+                         ids=[str(f) for f, _, _ in COMPLETION_REFUSALS])
+def test_completion_refusals_are_one_sentence_with_their_param(fields, param, sentence):
+    error = refused(parse_completion, {"prompt": "Once", **fields})
+    assert (error.message, error.param) == (sentence, param)
+
+
+def test_a_missing_prompt_or_messages_is_refused():
+    assert refused(parse_completion, {}).message == TOKEN_IDS
+    assert refused(parse_chat, {}).param == "messages"
+
+
+def test_tokenize_counts_a_prompt_or_messages():
+    assert read(TokenizeBody, {"prompt": "Hi", "tools": "ignored without messages"}).messages is None
+    body = read(TokenizeBody, {"messages": [{"role": "developer", "content": "x"}, *HI], "tools": [WEATHER]})
+    assert body.messages[0] == {"role": "system", "content": "x"} and body.tools == [WEATHER]
+    assert body.add_generation_prompt is True
+    error = refused(lambda b: read(TokenizeBody, b), {"messages": "Hi"})
+    assert error.message == "Send 'prompt' (a string) or 'messages' to count tokens." and error.param is None
+    assert refused(lambda b: read(TokenizeBody, b), {"messages": []}).param == "messages"
+
+
+def test_fastapis_errors_become_the_same_sentences():
+    """FastAPI's errors put "body" first in `loc`, and describe the body itself when it is not an object."""
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionBody.model_validate({"messages": HI, "top_p": 2})
+    errors = [{**err, "loc": ("body", *err["loc"])} for err in e.value.errors()]
+    error = api_error(errors, ChatCompletionBody)
+    assert (error.message, error.param) == ("'top_p' must be between 0 and 1, got 2.", "top_p")
+
+    def says(error: dict) -> str:
+        return api_error([error], ChatCompletionBody).message
+
+    assert says({"type": "json_invalid", "loc": ("body", 1), "msg": "JSON decode error", "input": {}}) == \
+        "The request body is not valid JSON."
+    assert says({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}) == \
+        "The request body is not valid JSON."
+    assert says({"type": "model_attributes_type", "loc": ("body",), "msg": "", "input": [1]}) == \
+        "The request body must be a JSON object."
+    assert says({"type": "model_attributes_type", "loc": ("body",), "msg": "", "input": b"{}"}) == \
+        "The request body was not sent as JSON; send it with 'Content-Type: application/json'."
