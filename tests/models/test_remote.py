@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 
-from lab.interface import ChatModel, ModelInfo, SamplingParams
+from lab.interface import ChatModel, SamplingParams
 from lab.errors import LabError
 from lab.models.remote import RemoteModel, connect, estimate_tokens, parse_spec, wire_messages
 from lab.chat.tools import parse_tool_calls
@@ -85,17 +86,28 @@ def test_generate_sends_text_to_completions_and_chats_to_chat(remote, tiny):
     assert got[1].prompt_tokens == tiny.count_chat_tokens(HELLO) and got[1].completion_tokens == 6
 
 
-def test_score_choices_match_the_local_model_both_ways(remote, tiny):
+def counting(server: str, bodies: list) -> openai.OpenAI:
+    """An SDK client for `server` that appends the JSON body of every POST it sends to `bodies`."""
+    def seen(request: httpx.Request) -> None:
+        if request.method == "POST":
+            bodies.append(json.loads(request.content))
+
+    return openai.OpenAI(base_url=server, api_key=KEY, http_client=httpx.Client(event_hooks={"request": [seen]}))
+
+
+def test_score_choices_match_the_local_model_both_ways(server, tiny):
     prompt = "Question: which letter comes first?\nAnswer:"
     # Choices among the server's 20 likeliest next tokens are read from one request...
-    top = remote._logprob_request({"prompt": prompt, "max_tokens": 1, "logprobs": 20})[0]["top_logprobs"][0]
+    sdk = openai.OpenAI(base_url=server, api_key=KEY)
+    top = sdk.completions.create(model="tiny-random", prompt=prompt, max_tokens=1, logprobs=20,
+                                 temperature=0).choices[0].logprobs.top_logprobs[0]
+    sdk.close()
     ctx = tiny.encode(prompt)
     likely = [t for t in sorted(top, key=top.get, reverse=True)  # tokens that stay one token after the prompt
               if len(ids := tiny.encode(prompt + t)[len(ctx):]) == 1 and tiny.tok.decode(ids) == t][:3]
     assert len(likely) >= 2
     calls = []
-    post = remote._post
-    remote._post = lambda path, body: calls.append(body) or post(path, body)
+    remote = connect(f"openai:{server}", client=counting(server, calls))
     try:
         fast = remote.score_choices([prompt], likely)
         assert len(calls) == 1
@@ -103,7 +115,7 @@ def test_score_choices_match_the_local_model_both_ways(remote, tiny):
         slow = remote.score_choices([prompt + " ", prompt], [" A", " B", " C D"])  # ...others by echo
         assert len(calls) == 4 and sum(bool(c.get("echo")) for c in calls) == 2
     finally:
-        remote._post = post
+        remote.close()
     assert fast[0] == pytest.approx(tiny.score_choices([prompt], likely)[0], abs=1e-4)
     assert slow[0] == pytest.approx(tiny.score_choices([prompt + " "], [" A", " B", " C D"])[0], abs=1e-4)
     assert slow[1] == pytest.approx(tiny.score_choices([prompt], [" A", " B", " C D"])[0], abs=1e-4)
@@ -163,10 +175,20 @@ def test_errors_are_one_sentence(server, remote):
         list(remote.stream_chat([{"role": "user", "content": "word " * 5000}], GREEDY))
 
 
-def fake(handler) -> RemoteModel:
-    """A RemoteModel talking to `handler` (an httpx MockTransport) instead of a server."""
-    info = ModelInfo("m", "http://fake/v1", "remote", "remote", 32768, 0)
-    return RemoteModel("http://fake/v1", "m", info, http=httpx.Client(transport=httpx.MockTransport(handler)))
+def fake(handler, requests: list | None = None) -> RemoteModel:
+    """`connect` to `handler` (an httpx MockTransport) instead of a server; it lists model m, without a context
+    length. The requests it gets are appended to `requests`."""
+    def serve(request: httpx.Request) -> httpx.Response:
+        if requests is not None:
+            requests.append(request)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                                         "owned_by": "fake"}]})
+        return handler(request)
+
+    client = openai.OpenAI(base_url="http://fake/v1", api_key="k", max_retries=2,
+                           http_client=httpx.Client(transport=httpx.MockTransport(serve)))
+    return connect("openai:http://fake/v1", client=client)
 
 
 def test_a_server_without_logprobs_says_to_use_gen_mode():
