@@ -5,9 +5,9 @@
     model = load_model("openai:http://localhost:11434/v1#qwen2.5:7b-instruct")   # the same, via lab.models
 
 `#MODEL` may be left out when the server lists one model; the key is `api_key`, else LAB_API_KEY, else
-OPENAI_API_KEY. Requests go through the official `openai` SDK (`client=` for another transport). Sampling
-fields go as OpenAI's, plus vLLM's top_k, repetition_penalty and ignore_eos when they are on; a server
-that refuses vLLM's fields (OpenAI does) gets requests without them. `render`
+OPENAI_API_KEY. Requests go through the official `openai` SDK (`client=` for another transport). Every
+sampling value is sent, "off" included (vLLM's top_k -1, repetition_penalty 1.0), so greedy runs equal
+the local model's; a server that refuses vLLM's fields (OpenAI does) gets requests without them. `render`
 is readable text only (the template is the server's); `count_tokens` asks vLLM's `/tokenize`, else estimates.
 """
 
@@ -103,17 +103,14 @@ def wire_messages(messages: Sequence[Message]) -> list[dict]:
 
 
 def _fields(params: SamplingParams, seed: int, messages=None, tools=None) -> tuple[dict, dict]:
-    """(OpenAI's fields, vLLM's) of a request; with `messages`, a chat's."""
-    fields = {"temperature": params.temperature, "max_tokens": params.max_new_tokens, "seed": seed,
-              "top_p": openai.NOT_GIVEN if params.greedy else params.top_p,
-              "stop": list(params.stop) if params.stop else openai.NOT_GIVEN}
+    """(OpenAI's fields, vLLM's) of a request, every sampling value explicit; with `messages`, a chat's."""
+    fields = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+              "seed": seed, "stop": list(params.stop) or None}
     if messages is not None:
         fields.update(messages=wire_messages(messages), tools=list(tools) if tools else openai.NOT_GIVEN,
                       response_format=params.response_format or openai.NOT_GIVEN)
-    extra = {"top_k": params.top_k if params.top_k and not params.greedy else None,
-             "repetition_penalty": params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-             "ignore_eos": True if params.ignore_eos else None}
-    return fields, {k: v for k, v in extra.items() if v is not None}
+    return fields, {"top_k": params.top_k or -1, "repetition_penalty": params.repetition_penalty,
+                    "ignore_eos": params.ignore_eos}
 
 
 def _pool(fn, n: int, workers: int, cancel: threading.Event) -> Pump:
@@ -176,7 +173,7 @@ class RemoteModel:
         """`create(model=..., **fields, **more)` with `extra` as vLLM's fields, errors as sentences; a server
         that refuses the extensions gets the request again without them."""
         while True:
-            body = extra if extra and self._extensions else None
+            body = extra if self._extensions else None
             try:
                 return create(model=self.model, **fields, **more, extra_body=body)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as e:

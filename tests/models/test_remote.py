@@ -229,7 +229,43 @@ def test_tool_calls_come_back_as_tool_call_blocks_and_refused_extensions_are_dro
     assert [(c.name, c.arguments) for c in parsed.calls] == [("get_current_weather", {"location": "北京"})]
     assert chunks[-1].stats.completion_tokens == 20 and chunks[-1].stats.finish_reason == "stop"
     assert "top_k" in seen[0] and "top_k" not in seen[1] and "repetition_penalty" not in seen[1]
+    assert "ignore_eos" not in seen[1] and seen[1]["temperature"] == 0.7 and seen[1]["seed"] == 1
     assert seen[1]["messages"][2]["tool_call_id"] == seen[1]["messages"][1]["tool_calls"][0]["id"]
+    list(model.stream_chat(history, SamplingParams(seed=2), tools=[WEATHER]))  # later requests: without them
+    assert len(seen) == 3 and "top_k" not in seen[2] and seen[2]["seed"] == 2
+
+
+def test_every_sampling_value_is_sent_explicitly():
+    """Off is sent as off (top_k -1, repetition_penalty 1.0), so a server's own defaults (Qwen's 20 and 1.05)
+    never apply and greedy runs match the local model's."""
+    seen = []
+
+    def completions(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        if request.url.path.endswith("/chat/completions"):
+            return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                             "choices": [{"index": 0, "finish_reason": "length", "message": {
+                                                 "role": "assistant", "content": "hi"}}],
+                                             "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "text": " 4", "finish_reason": "stop"}]})
+
+    model = fake(completions)
+    assert model.info.context_length == 32768 and "32,768 tokens is assumed" in model.info.notes[-1]
+    greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=5, seed=7)
+    got = model.generate(["2+2=", HELLO], greedy)
+    assert [(c.text, c.finish_reason) for c in got] == [(" 4", "stop"), ("hi", "length")]
+    assert got[1].prompt_tokens == 3 and got[1].completion_tokens == 5
+    by_route = {("messages" in b): b for b in seen}
+    for i, body in enumerate([by_route[False], by_route[True]]):
+        assert {k: body[k] for k in ("model", "temperature", "top_p", "max_tokens", "seed", "stop", "top_k",
+                                     "repetition_penalty", "ignore_eos")} == \
+            {"model": "m", "temperature": 0, "top_p": 1.0, "max_tokens": 5, "seed": 7 + i, "stop": None,
+             "top_k": -1, "repetition_penalty": 1.0, "ignore_eos": False}
+    seen.clear()
+    model.generate(["x"], SamplingParams(top_k=40, repetition_penalty=1.1, stop=("\n",), ignore_eos=True, seed=1))
+    assert {k: seen[0][k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "ignore_eos")} == \
+        {"temperature": 0.7, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "stop": ["\n"], "ignore_eos": True}
 
 
 def test_wire_messages_and_estimates():
