@@ -268,6 +268,30 @@ def test_every_sampling_value_is_sent_explicitly():
         {"temperature": 0.7, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "stop": ["\n"], "ignore_eos": True}
 
 
+def test_a_refused_key_is_not_retried_and_a_busy_server_is():
+    requests, replies = [], iter([503, 503, 200])
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": "Invalid API key.", "code": "invalid_api_key"}})
+
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 refused the API key \(401: Invalid API key\); "
+                                       r"pass the right one"):
+        list(fake(refusing, requests).stream_chat(HELLO, GREEDY))
+    assert [r.url.path for r in requests] == ["/v1/models", "/v1/chat/completions"]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        status = next(replies)
+        if status == 503:  # the SDK waits as long as the server asks before trying again
+            return httpx.Response(503, json={"error": {"message": "busy"}}, headers={"retry-after-ms": "10"})
+        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]})
+
+    requests.clear()
+    assert fake(busy, requests).generate(["x"], GREEDY)[0].text == "ok" and len(requests) == 1 + 3
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 answered 404: no\.$"):
+        fake(lambda r: httpx.Response(404, json={"error": {"message": "no."}})).generate(["x"], GREEDY)
+
+
 def test_wire_messages_and_estimates():
     out = wire_messages([{"role": "assistant", "content": "x", "tool_calls": [
         {"id": "a", "function": {"name": "f", "arguments": {"k": "北京"}}}]}, {"role": "tool", "content": "1"}])
