@@ -161,6 +161,42 @@ def test_remote_mmlu_gives_the_local_predictions(server, data_dir, tmp_path, cap
     assert all(s.detail["completion_tokens"] == 6 for s in gen)
 
 
+SAMPLED = ["--temperature", "0.8", "--batch-size", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("benchmark, args", [
+    ("mmlu", ["--mode", "gen", "--limit", "8", "--max-new-tokens", "16"]),
+    ("humaneval", ["--limit", "4", "--max-new-tokens", "48"]),
+    ("mmlu", ["--mode", "gen", "--limit", "4", "--max-new-tokens", "8", *SAMPLED]),
+    ("humaneval", ["--mode", "completion", "--limit", "2", "--max-new-tokens", "24", *SAMPLED]),
+], ids=["mmlu-gen-greedy", "humaneval-greedy", "mmlu-gen-sampled", "humaneval-completion-sampled"])
+def test_runs_through_the_server_equal_the_local_runs(server, data_dir, tmp_path, capsys, benchmark, args):
+    """`python -m lab.eval` through `--model openai:...#tiny-random` gives the local run's replies sample for
+    sample: every sampling value reaches the server, so it cannot fall back on its own defaults. The stored
+    prompts differ by design (the server applies the template).
+
+    tiny-random's greedy replies repeat the prompt's last token ("\\n" after the chat template) with a
+    margin no 1.05 penalty overturns, so the greedy runs pass even when a server applies its defaults;
+    the sampled runs are the ones that catch a top_k or repetition_penalty that did not arrive. They run
+    one item per batch: a local batch draws all its rows from one seeded stream, a server each request
+    from its own seed, and with one row both are the same."""
+    from lab.eval.__main__ import main
+
+    common = [benchmark, *args, "--runs-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    assert main([*common, "--model", f"openai:{server}#tiny-random", "--api-key", KEY]) == 0
+    remote_run = _run_id(capsys.readouterr().out)
+    assert main([*common, "--model", "tiny-random"]) == 0
+    local_run = _run_id(capsys.readouterr().out)
+    a, b = _samples(tmp_path, remote_run), _samples(tmp_path, local_run)
+    assert [s.key for s in a] == [s.key for s in b] and len(a) == int(args[args.index("--limit") + 1])
+    if "--temperature" in args:  # replies that tell settings apart, not one token repeated
+        assert len({x.output for x in a}) == len(a)
+    differ = [(x.key, x.output, y.output) for x, y in zip(a, b)
+              if (x.output, x.extracted, x.correct) != (y.output, y.extracted, y.correct)]
+    assert not differ, f"{len(differ)} of {len(a)} samples differ (remote, local): {differ}"
+
+
 def test_errors_are_one_sentence(server, remote):
     port = free_port()
     with pytest.raises(LabError, match=rf"Cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 "):
