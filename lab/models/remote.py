@@ -367,10 +367,11 @@ def connect(name: str, api_key: str | None = None, context: int | None = None,
 def _describe(remote: RemoteModel, name: str, model: str | None, context: int | None) -> ModelInfo:
     base = remote.base_url
     try:
-        cards = list(remote.client.models.list().data)
+        cards = [c for c in remote.client.models.list().data or [] if getattr(c, "id", None) is not None]
     except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError) as e:
         raise remote._error(e) from None
-    except (openai.OpenAIError, ValueError) as e:  # a server that lists no models (or not in OpenAI's shape)
+    # A server that lists no models, or not in OpenAI's shape (the SDK then fails to build its page).
+    except (openai.OpenAIError, ValueError, AttributeError) as e:
         if isinstance(e, openai.NotFoundError) and not base.endswith("/v1"):
             raise LabError(f"The server at {base} has no /models route; OpenAI-compatible APIs usually live under "
                            f"/v1, as in openai:{base}/v1#MODEL.") from None

@@ -328,6 +328,16 @@ def test_a_refused_key_is_not_retried_and_a_busy_server_is():
         fake(lambda r: httpx.Response(404, json={"error": {"message": "no."}})).generate(["x"], GREEDY)
 
 
+@pytest.mark.parametrize("listing", [{"text": "<html>busy</html>"}, {"json": {"models": []}}, {"json": [1, 2]},
+                                     {"json": {"data": [{"id": "m", "max_model_len": 8192}, "junk"]}},
+                                     {"status_code": 500, "text": "oops"}])
+def test_a_model_list_in_another_shape_leaves_the_named_model(listing):
+    client = openai.OpenAI(base_url="http://fake/v1", api_key="k", max_retries=0, http_client=httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(**{"status_code": 200, **listing}))))
+    model = connect("openai:http://fake/v1#m", client=client)
+    assert (model.model, model.info.context_length) == ("m", 8192 if "junk" in str(listing) else 32768)
+
+
 def test_wire_messages_and_estimates():
     out = wire_messages([{"role": "assistant", "content": "x", "tool_calls": [
         {"id": "a", "function": {"name": "f", "arguments": {"k": "北京"}}}]}, {"role": "tool", "content": "1"}])
