@@ -328,6 +328,19 @@ def test_a_refused_key_is_not_retried_and_a_busy_server_is():
         fake(lambda r: httpx.Response(404, json={"error": {"message": "no."}})).generate(["x"], GREEDY)
 
 
+def test_a_stream_that_fails_part_way_is_one_sentence():
+    def failing(request: httpx.Request) -> httpx.Response:
+        events = [{"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+                  {"error": {"message": "The GPU ran out of memory.\nTraceback ...", "type": "server_error"}}]
+        return httpx.Response(200, text="".join(f"data: {json.dumps(e)}\n\n" for e in events),
+                              headers={"content-type": "text/event-stream"})
+
+    chunks = []
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 failed mid-reply: The GPU ran out of memory\.$"):
+        chunks.extend(fake(failing).stream_chat(HELLO, GREEDY))
+    assert [c.text for c in chunks] == ["Hel"]
+
+
 @pytest.mark.parametrize("listing", [{"text": "<html>busy</html>"}, {"json": {"models": []}}, {"json": [1, 2]},
                                      {"json": {"data": [{"id": "m", "max_model_len": 8192}, "junk"]}},
                                      {"status_code": 500, "text": "oops"}])
