@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 
 from lab.chat.tools import parse_tool_calls
 from lab.errors import LabError
-from lab.interface import ChatModel, ModelInfo, SamplingParams
+from lab.interface import ChatModel, SamplingParams
 from lab.models.remote import RemoteModel, connect, estimate_tokens, parse_spec, wire_messages
 from tests.conftest import WEATHER, free_port, serving
 
@@ -84,17 +85,28 @@ def test_generate_sends_text_to_completions_and_chats_to_chat(remote, tiny):
     assert got[1].prompt_tokens == tiny.count_chat_tokens(HELLO) and got[1].completion_tokens == 6
 
 
-def test_score_choices_match_the_local_model_both_ways(remote, tiny):
+def counting(server: str, bodies: list) -> openai.OpenAI:
+    """An SDK client for `server` that appends the JSON body of every POST it sends to `bodies`."""
+    def seen(request: httpx.Request) -> None:
+        if request.method == "POST":
+            bodies.append(json.loads(request.content))
+
+    return openai.OpenAI(base_url=server, api_key=KEY, http_client=httpx.Client(event_hooks={"request": [seen]}))
+
+
+def test_score_choices_match_the_local_model_both_ways(server, tiny):
     prompt = "Question: which letter comes first?\nAnswer:"
     # Choices among the server's 20 likeliest next tokens are read from one request...
-    top = remote._logprob_request({"prompt": prompt, "max_tokens": 1, "logprobs": 20})[0]["top_logprobs"][0]
+    sdk = openai.OpenAI(base_url=server, api_key=KEY)
+    top = sdk.completions.create(model="tiny-random", prompt=prompt, max_tokens=1, logprobs=20,
+                                 temperature=0).choices[0].logprobs.top_logprobs[0]
+    sdk.close()
     ctx = tiny.encode(prompt)
     likely = [t for t in sorted(top, key=top.get, reverse=True)  # tokens that stay one token after the prompt
               if len(ids := tiny.encode(prompt + t)[len(ctx):]) == 1 and tiny.tok.decode(ids) == t][:3]
     assert len(likely) >= 2
     calls = []
-    post = remote._post
-    remote._post = lambda path, body: calls.append(body) or post(path, body)
+    remote = connect(f"openai:{server}", client=counting(server, calls))
     try:
         fast = remote.score_choices([prompt], likely)
         assert len(calls) == 1
@@ -102,7 +114,7 @@ def test_score_choices_match_the_local_model_both_ways(remote, tiny):
         slow = remote.score_choices([prompt + " ", prompt], [" A", " B", " C D"])  # ...others by echo
         assert len(calls) == 4 and sum(bool(c.get("echo")) for c in calls) == 2
     finally:
-        remote._post = post
+        remote.close()
     assert fast[0] == pytest.approx(tiny.score_choices([prompt], likely)[0], abs=1e-4)
     assert slow[0] == pytest.approx(tiny.score_choices([prompt + " "], [" A", " B", " C D"])[0], abs=1e-4)
     assert slow[1] == pytest.approx(tiny.score_choices([prompt], [" A", " B", " C D"])[0], abs=1e-4)
@@ -148,6 +160,42 @@ def test_remote_mmlu_gives_the_local_predictions(server, data_dir, tmp_path, cap
     assert all(s.detail["completion_tokens"] == 6 for s in gen)
 
 
+SAMPLED = ["--temperature", "0.8", "--batch-size", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("benchmark, args", [
+    ("mmlu", ["--mode", "gen", "--limit", "8", "--max-new-tokens", "16"]),
+    ("humaneval", ["--limit", "4", "--max-new-tokens", "48"]),
+    ("mmlu", ["--mode", "gen", "--limit", "4", "--max-new-tokens", "8", *SAMPLED]),
+    ("humaneval", ["--mode", "completion", "--limit", "2", "--max-new-tokens", "24", *SAMPLED]),
+], ids=["mmlu-gen-greedy", "humaneval-greedy", "mmlu-gen-sampled", "humaneval-completion-sampled"])
+def test_runs_through_the_server_equal_the_local_runs(server, data_dir, tmp_path, capsys, benchmark, args):
+    """`python -m lab.eval` through `--model openai:...#tiny-random` gives the local run's replies sample for
+    sample: every sampling value reaches the server, so it cannot fall back on its own defaults. The stored
+    prompts differ by design (the server applies the template).
+
+    tiny-random's greedy replies repeat the prompt's last token ("\\n" after the chat template) with a
+    margin no 1.05 penalty overturns, so the greedy runs pass even when a server applies its defaults;
+    the sampled runs are the ones that catch a top_k or repetition_penalty that did not arrive. They run
+    one item per batch: a local batch draws all its rows from one seeded stream, a server each request
+    from its own seed, and with one row both are the same."""
+    from lab.eval.__main__ import main
+
+    common = [benchmark, *args, "--runs-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    assert main([*common, "--model", f"openai:{server}#tiny-random", "--api-key", KEY]) == 0
+    remote_run = _run_id(capsys.readouterr().out)
+    assert main([*common, "--model", "tiny-random"]) == 0
+    local_run = _run_id(capsys.readouterr().out)
+    a, b = _samples(tmp_path, remote_run), _samples(tmp_path, local_run)
+    assert [s.key for s in a] == [s.key for s in b] and len(a) == int(args[args.index("--limit") + 1])
+    if "--temperature" in args:  # replies that tell settings apart, not one token repeated
+        assert len({x.output for x in a}) == len(a)
+    differ = [(x.key, x.output, y.output) for x, y in zip(a, b)
+              if (x.output, x.extracted, x.correct) != (y.output, y.extracted, y.correct)]
+    assert not differ, f"{len(differ)} of {len(a)} samples differ (remote, local): {differ}"
+
+
 def test_errors_are_one_sentence(server, remote):
     port = free_port()
     with pytest.raises(LabError, match=rf"Cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 "):
@@ -162,10 +210,20 @@ def test_errors_are_one_sentence(server, remote):
         list(remote.stream_chat([{"role": "user", "content": "word " * 5000}], GREEDY))
 
 
-def fake(handler) -> RemoteModel:
-    """A RemoteModel talking to `handler` (an httpx MockTransport) instead of a server."""
-    info = ModelInfo("m", "http://fake/v1", "remote", "remote", 32768, 0)
-    return RemoteModel("http://fake/v1", "m", info, http=httpx.Client(transport=httpx.MockTransport(handler)))
+def fake(handler, requests: list | None = None) -> RemoteModel:
+    """`connect` to `handler` (an httpx MockTransport) instead of a server; it lists model m, without a context
+    length. The requests it gets are appended to `requests`."""
+    def serve(request: httpx.Request) -> httpx.Response:
+        if requests is not None:
+            requests.append(request)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                                         "owned_by": "fake"}]})
+        return handler(request)
+
+    client = openai.OpenAI(base_url="http://fake/v1", api_key="k", max_retries=2,
+                           http_client=httpx.Client(transport=httpx.MockTransport(serve)))
+    return connect("openai:http://fake/v1", client=client)
 
 
 def test_a_server_without_logprobs_says_to_use_gen_mode():
@@ -206,7 +264,90 @@ def test_tool_calls_come_back_as_tool_call_blocks_and_refused_extensions_are_dro
     assert [(c.name, c.arguments) for c in parsed.calls] == [("get_current_weather", {"location": "北京"})]
     assert chunks[-1].stats.completion_tokens == 20 and chunks[-1].stats.finish_reason == "stop"
     assert "top_k" in seen[0] and "top_k" not in seen[1] and "repetition_penalty" not in seen[1]
+    assert "ignore_eos" not in seen[1] and seen[1]["temperature"] == 0.7 and seen[1]["seed"] == 1
     assert seen[1]["messages"][2]["tool_call_id"] == seen[1]["messages"][1]["tool_calls"][0]["id"]
+    list(model.stream_chat(history, SamplingParams(seed=2), tools=[WEATHER]))  # later requests: without them
+    assert len(seen) == 3 and "top_k" not in seen[2] and seen[2]["seed"] == 2
+
+
+def test_every_sampling_value_is_sent_explicitly():
+    """Off is sent as off (top_k -1, repetition_penalty 1.0), so a server's own defaults (Qwen's 20 and 1.05)
+    never apply and greedy runs match the local model's."""
+    seen = []
+
+    def completions(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        if request.url.path.endswith("/chat/completions"):
+            return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                             "choices": [{"index": 0, "finish_reason": "length", "message": {
+                                                 "role": "assistant", "content": "hi"}}],
+                                             "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "text": " 4", "finish_reason": "stop"}]})
+
+    model = fake(completions)
+    assert model.info.context_length == 32768 and "32,768 tokens is assumed" in model.info.notes[-1]
+    greedy = SamplingParams(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=5, seed=7)
+    got = model.generate(["2+2=", HELLO], greedy)
+    assert [(c.text, c.finish_reason) for c in got] == [(" 4", "stop"), ("hi", "length")]
+    assert got[1].prompt_tokens == 3 and got[1].completion_tokens == 5
+    by_route = {("messages" in b): b for b in seen}
+    for i, body in enumerate([by_route[False], by_route[True]]):
+        assert {k: body[k] for k in ("model", "temperature", "top_p", "max_tokens", "seed", "stop", "top_k",
+                                     "repetition_penalty", "ignore_eos")} == \
+            {"model": "m", "temperature": 0, "top_p": 1.0, "max_tokens": 5, "seed": 7 + i, "stop": None,
+             "top_k": -1, "repetition_penalty": 1.0, "ignore_eos": False}
+    seen.clear()
+    model.generate(["x"], SamplingParams(top_k=40, repetition_penalty=1.1, stop=("\n",), ignore_eos=True, seed=1))
+    assert {k: seen[0][k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "ignore_eos")} == \
+        {"temperature": 0.7, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1, "stop": ["\n"], "ignore_eos": True}
+
+
+def test_a_refused_key_is_not_retried_and_a_busy_server_is():
+    requests, replies = [], iter([503, 503, 200])
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": "Invalid API key.", "code": "invalid_api_key"}})
+
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 refused the API key \(401: Invalid API key\); "
+                                       r"pass the right one"):
+        list(fake(refusing, requests).stream_chat(HELLO, GREEDY))
+    assert [r.url.path for r in requests] == ["/v1/models", "/v1/chat/completions"]
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        status = next(replies)
+        if status == 503:  # the SDK waits as long as the server asks before trying again
+            return httpx.Response(503, json={"error": {"message": "busy"}}, headers={"retry-after-ms": "10"})
+        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]})
+
+    requests.clear()
+    assert fake(busy, requests).generate(["x"], GREEDY)[0].text == "ok" and len(requests) == 1 + 3
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 answered 404: no\.$"):
+        fake(lambda r: httpx.Response(404, json={"error": {"message": "no."}})).generate(["x"], GREEDY)
+
+
+def test_a_stream_that_fails_part_way_is_one_sentence():
+    def failing(request: httpx.Request) -> httpx.Response:
+        events = [{"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]},
+                  {"error": {"message": "The GPU ran out of memory.\nTraceback ...", "type": "server_error"}}]
+        return httpx.Response(200, text="".join(f"data: {json.dumps(e)}\n\n" for e in events),
+                              headers={"content-type": "text/event-stream"})
+
+    chunks = []
+    with pytest.raises(LabError, match=r"^The server at http://fake/v1 failed mid-reply: The GPU ran out of memory\.$"):
+        chunks.extend(fake(failing).stream_chat(HELLO, GREEDY))
+    assert [c.text for c in chunks] == ["Hel"]
+
+
+@pytest.mark.parametrize("listing", [{"text": "<html>busy</html>"}, {"json": {"models": []}}, {"json": [1, 2]},
+                                     {"json": {"data": [{"id": "m", "max_model_len": 8192}, "junk"]}},
+                                     {"status_code": 500, "text": "oops"}])
+def test_a_model_list_in_another_shape_leaves_the_named_model(listing):
+    client = openai.OpenAI(base_url="http://fake/v1", api_key="k", max_retries=0, http_client=httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(**{"status_code": 200, **listing}))))
+    model = connect("openai:http://fake/v1#m", client=client)
+    assert (model.model, model.info.context_length) == ("m", 8192 if "junk" in str(listing) else 32768)
 
 
 def test_wire_messages_and_estimates():
