@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # each test starts app.py in a subprocess
+
 
 def assert_one_sentence_error(proc, *fragments):
     assert proc.returncode == 2, proc.stderr

@@ -94,6 +94,7 @@ def test_stage_checks_the_card():
 
 
 # ---- staging ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stage_holds_what_the_space_runs_and_nothing_else(staged):
     meta = space.front_matter((staged / "README.md").read_text(encoding="utf-8"))
     assert (staged / meta["app_file"]).is_file()
@@ -111,6 +112,7 @@ def test_stage_holds_what_the_space_runs_and_nothing_else(staged):
                                                if p.is_file() and p.name != space.MARKER)
 
 
+@pytest.mark.slow
 def test_staging_again_replaces_the_stage_and_other_folders_are_refused(tmp_path):
     dest = tmp_path / "space"
     assert cli("stage", str(dest)).returncode == 0
@@ -285,6 +287,7 @@ def no_token_env(home: Path) -> dict:
     return {**env, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_push_without_a_token_is_one_sentence_before_anything_happens(tmp_path):
     (tmp_path / "hf").mkdir()
     dest = tmp_path / "space"
@@ -298,6 +301,7 @@ def test_push_without_a_token_is_one_sentence_before_anything_happens(tmp_path):
     assert r.returncode == 2 and "--push takes OWNER/NAME" in one_sentence(r.stderr)
 
 
+@pytest.mark.slow
 def test_a_failed_push_is_one_sentence_without_the_token(tmp_path):
     token = "hf_" + "Zx9" * 10  # made up; HF_HUB_OFFLINE stops the request before it is sent
     env = {**no_token_env(tmp_path / "hf"), "HF_TOKEN": token}

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # each test starts `python -m lab.eval` in a subprocess
+
 
 @pytest.fixture
 def runs(tmp_path, data_dir):

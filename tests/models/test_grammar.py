@@ -21,6 +21,7 @@ def reply(model, params) -> tuple[str, object]:
     return "".join(c.text for c in chunks), chunks[-1].stats
 
 
+@pytest.mark.slow
 def test_a_schema_is_met_in_20_of_20_seeded_runs_and_fails_without_it(tiny):
     fmt = response_format(True, json.dumps(SCHEMA))
     free_parses = 0

@@ -33,6 +33,7 @@ def remote(server):
     model.close()
 
 
+@pytest.mark.slow
 def test_connect_describes_the_served_model(remote, server):
     assert isinstance(remote, ChatModel)
     info = remote.info
@@ -46,6 +47,7 @@ def test_connect_describes_the_served_model(remote, server):
     again.close()
 
 
+@pytest.mark.slow
 def test_chat_streams_the_same_reply_as_the_local_model(remote, tiny):
     chunks = list(remote.stream_chat(HELLO, GREEDY))
     local = [c for c in tiny.stream_chat(HELLO, GREEDY)]
@@ -58,6 +60,7 @@ def test_chat_streams_the_same_reply_as_the_local_model(remote, tiny):
     assert remote.count_tokens("hello world 你好") == tiny.count_tokens("hello world 你好")
 
 
+@pytest.mark.slow
 def test_stream_many_streams_every_row(remote, tiny):
     prompts = [HELLO, [{"role": "user", "content": "1+1=?"}]]
     texts, stats = ["", ""], [None, None]
@@ -75,6 +78,7 @@ def replace_max(params: SamplingParams, n: int) -> SamplingParams:
     return replace(params, max_new_tokens=n)
 
 
+@pytest.mark.slow
 def test_generate_sends_text_to_completions_and_chats_to_chat(remote, tiny):
     rendered = remote.render(HELLO)
     assert "[user]\nTell me a joke." in rendered and rendered.endswith("[assistant]\n")
@@ -94,6 +98,7 @@ def counting(server: str, bodies: list) -> openai.OpenAI:
     return openai.OpenAI(base_url=server, api_key=KEY, http_client=httpx.Client(event_hooks={"request": [seen]}))
 
 
+@pytest.mark.slow
 def test_score_choices_match_the_local_model_both_ways(server, tiny):
     prompt = "Question: which letter comes first?\nAnswer:"
     # Choices among the server's 20 likeliest next tokens are read from one request...
@@ -196,6 +201,7 @@ def test_runs_through_the_server_equal_the_local_runs(server, data_dir, tmp_path
     assert not differ, f"{len(differ)} of {len(a)} samples differ (remote, local): {differ}"
 
 
+@pytest.mark.slow
 def test_errors_are_one_sentence(server, remote):
     port = free_port()
     with pytest.raises(LabError, match=rf"Cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 "):

@@ -13,6 +13,8 @@ import pytest
 from lab.interface import SamplingParams
 from tests.conftest import WEATHER, serving
 
+pytestmark = pytest.mark.slow  # a server in a subprocess; tests/serve/test_requests.py covers the rules fast
+
 KEY = "sk-lab-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
