@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Generator, Protocol, Sequence, runtime_checkable
 
 Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str, ["tool_calls"], ...}
 
@@ -230,14 +230,14 @@ class ChatModel(Protocol):
 
     # ---- generation
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None,
-                    tools: Sequence[dict] | None = None) -> Iterator[Chunk]:
-        """Text deltas of one reply; the last chunk carries its ReplyStats. Closing the iterator or setting
+                    tools: Sequence[dict] | None = None) -> Generator[Chunk, None, None]:
+        """Text deltas of one reply; the last chunk carries its ReplyStats. Closing the generator or setting
         `cancel` ends generation at the next decode step."""
 
     def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
-                    cancel: threading.Event | None = None) -> Iterator[tuple[int, Chunk]]:
+                    cancel: threading.Event | None = None) -> Generator[tuple[int, Chunk], None, None]:
         """Several chat replies produced together (one batched generation on a local model); yields (row, Chunk)
-        as tokens arrive; each row's last chunk carries its ReplyStats."""
+        as tokens arrive; each row's last chunk carries its ReplyStats. Closing it ends every row."""
 
     def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
                  cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:

@@ -235,11 +235,11 @@ def push(staged: Stage, repo_id: str, private: bool = False) -> str:
                           commit_message="Update from Qwen Lab (python -m lab.space)",
                           allow_patterns=staged.files, delete_patterns=PUSH_DELETES)
     except Exception as e:  # the Hub's HTTP errors, no network, offline mode: one sentence, never the token
-        raise LabError(_push_error(e, repo_id, token)) from None
+        raise LabError(push_error(e, repo_id, token)) from None
     return str(url)
 
 
-def _push_error(e: Exception, repo_id: str, token: str) -> str:
+def push_error(e: Exception, repo_id: str, token: str) -> str:
     """One sentence for a failed push; the token never appears in it."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 

@@ -313,7 +313,7 @@ def test_a_failed_push_is_one_sentence_without_the_token(tmp_path):
     class Refused(Exception):
         response = type("R", (), {"status_code": 401})()
 
-    assert "refused the token for a/b (HTTP 401)" in space._push_error(Refused(token), "a/b", token)
-    msg = space._push_error(OSError(f"Connection reset by peer for {token}. Retry later.\nmore"), "a/b", token)
+    assert "refused the token for a/b (HTTP 401)" in space.push_error(Refused(token), "a/b", token)
+    msg = space.push_error(OSError(f"Connection reset by peer for {token}. Retry later.\nmore"), "a/b", token)
     assert token not in msg and msg == ("Pushing to the Space a/b failed (Connection reset by peer for ***); "
                                         "check the network and try again.")

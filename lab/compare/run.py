@@ -8,6 +8,7 @@ Markdown and recorded with a vote.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import json
@@ -38,14 +39,11 @@ def run_variants(model, user_input: str, variants: Sequence[Variant],
     variants = parse_variants(list(variants))
     panes = [Pane() for _ in variants]
     stream = model.stream_many([v.messages(user_input) for v in variants], [v.params() for v in variants], cancel)
-    try:
+    with contextlib.closing(stream):  # a consumer that leaves early ends the generation at once
         for row, chunk in stream:
             panes[row].text += chunk.text
             panes[row].stats = chunk.stats or panes[row].stats
             yield panes
-    finally:
-        if hasattr(stream, "close"):
-            stream.close()  # a consumer that leaves early ends the generation at once
 
 
 @dataclass

@@ -98,7 +98,7 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                           label="Summary", min_width=360, elem_id="eval-summary")
             chart = gr.BarPlot(views.empty_chart(), x="subject", y="accuracy %", sort="-y", y_lim=[0, 100],
                                x_label_angle=-60, height=420, tooltip="all", elem_id="eval-chart",
-                               label="Accuracy per subject (HumanEval: pass rate per task)")
+                               label="Accuracy per subject (code benchmarks: pass rate per task)")
             with gr.Row(equal_height=True):
                 samples_note = gr.Markdown("", elem_id="eval-samples-note")
                 wrong_only = gr.Checkbox(False, label="Only wrong answers", scale=0, min_width=200,

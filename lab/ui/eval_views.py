@@ -21,7 +21,7 @@ from lab.eval.spec import load_spec
 from lab.eval.store import Run, RunStore, Sample
 
 NO_SUBSET = "none"
-MAX_SAMPLE_ROWS = 2000  # a full MMLU run holds 14,042 samples; the page shows this many, the CLI exports all
+MAX_SAMPLE_ROWS = 2000  # a whole benchmark can hold 14,042 samples; the page shows this many, the CLI exports all
 HISTORY_HEADERS = ["run", "benchmark", "mode", "shots", "model", "quant", "status", "done", "score %", "started"]
 SAMPLE_HEADERS = ["key", "subject", "prompt", "output", "answer", "gold", "correct"]
 CHOICE_SUMMARY_HEADERS = ["group", "n", "micro %", "macro %"]
@@ -121,13 +121,14 @@ def summary_frame(summary: dict) -> pd.DataFrame:
 
 
 def chart_frame(run: Run, summary: dict, samples: list[Sample]) -> pd.DataFrame:
-    """Accuracy per subject; for HumanEval, the pass rate of each task over its samples."""
+    """Accuracy per subject; for a code benchmark, the pass rate of each task over its samples."""
     if "subjects" not in summary:
+        spec = load_spec(run.benchmark)
         by_task: dict[str, list[bool]] = {}
         for s in samples:
             by_task.setdefault(s.subject or s.key, []).append(s.correct)
-        rows = [[task.replace("HumanEval/", "#"), round(100 * sum(v) / len(v), 1), len(v), "HumanEval", task]
-                for task, v in by_task.items()]
+        rows = [["#" + task.removeprefix(spec.task_prefix) if spec.task_prefix else task,
+                 round(100 * sum(v) / len(v), 1), len(v), spec.title, task] for task, v in by_task.items()]
         return pd.DataFrame(rows, columns=CHART_HEADERS)
     group_of: dict[str, str] = {}
     for group, subjects in run.params.get("groups", {}).items():
