@@ -83,10 +83,8 @@ class RowsProcessor(LogitsProcessor):
                 continue
             row = scores[r:r + 1]
             if p.repetition_penalty != 1.0:
-                seen = input_ids[r:r + 1, self.pads[r]:]
-                picked = row.gather(1, seen)
-                picked = torch.where(picked < 0, picked * p.repetition_penalty, picked / p.repetition_penalty)
-                row = row.scatter(1, seen, picked)
+                seen = torch.zeros_like(row, dtype=torch.bool).scatter_(1, input_ids[r:r + 1, self.pads[r]:], True)
+                row = penalize(row, seen, p.repetition_penalty)
             if p.ignore_eos and self.eos:
                 row = row.index_fill(1, torch.tensor(self.eos, device=row.device), NEG)
             if p.greedy:

@@ -12,9 +12,8 @@ from transformers import StoppingCriteriaList
 
 from lab.engine.sampling import generate_kwargs, sampler_for
 from lab.interface import Completion, Message, SamplingParams, draw_seed, finish_reason
-from lab.models.hf.decoding import CancelOnEvent, cut_at_stop
+from lab.models.hf.decoding import CancelOnEvent, cut_at_stop, left_pad
 from lab.models.hf.memory import OutOfMemory, rows_that_fit, user_error
-from lab.models.hf.streaming import left_pad
 
 
 def generate(hf, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,

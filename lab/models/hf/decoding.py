@@ -1,15 +1,26 @@
-"""Pieces of decoding with a Transformers tokenizer that know no model: the streamer that hands each step's
-tokens over, Stop as a stopping criterion, incremental detokenizing, and stop strings."""
+"""Pieces of decoding with a Transformers tokenizer that know no model: left padding, the streamer that hands
+each step's tokens over, Stop as a stopping criterion, incremental detokenizing, and stop strings."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Input ids and attention mask with every row's last token at the same (last) position; each row's padding."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row)
+        mask[r, width - len(row):] = 1
+    return ids.to(device), mask.to(device), [width - len(row) for row in rows]
 
 
 class Steps(BaseStreamer):
@@ -31,7 +42,7 @@ class Steps(BaseStreamer):
         self._put((ids, time.perf_counter()))
 
     def end(self) -> None:
-        pass
+        """`generate()` calls this when it is done; the work returning is what ends the hand-off."""
 
 
 class CancelOnEvent(StoppingCriteria):

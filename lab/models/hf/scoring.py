@@ -20,6 +20,7 @@ import torch
 
 from lab import runtime
 from lab.engine.prefix import PrefixScorer, common_length, plan_batches, prefix_groups, reads_one_copy
+from lab.models.hf.decoding import left_pad
 from lab.models.hf.memory import scoring_rows, user_error
 
 
@@ -139,13 +140,7 @@ class ChoiceScorer:
 
     def forward_last(self, seqs: list[list[int]], keep: int) -> torch.Tensor:
         """Log-softmax (float32) of the last `keep` positions of left-padded sequences."""
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask, _ = left_pad(seqs, self.pad_id, self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with self.lock, torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,

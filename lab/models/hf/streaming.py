@@ -20,20 +20,9 @@ from transformers import StoppingCriteriaList
 
 from lab.engine.sampling import generate_kwargs, graphable, sampler_for
 from lab.interface import Chunk, ReplyClock, SamplingParams, draw_seed
-from lab.models.hf.decoding import CancelOnEvent, IncrementalDecoder, Steps, StopMatcher
+from lab.models.hf.decoding import CancelOnEvent, IncrementalDecoder, Steps, StopMatcher, left_pad
 from lab.models.hf.memory import gpu_memory, user_error
 from lab.pump import Pump
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Input ids and attention mask with every row's last token at the same (last) position; each row's padding."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row):] = torch.tensor(row)
-        mask[r, width - len(row):] = 1
-    return ids.to(device), mask.to(device), [width - len(row) for row in rows]
 
 
 def stream(hf, rows: list[list[int]], params: Sequence[SamplingParams], cancel: threading.Event | None,
