@@ -208,7 +208,6 @@ class Capabilities:
 
     token_ids: bool  # `encode` gives the model's own token ids (a server gives counts only)
     logprobs: bool  # `prompt_logprobs` and `generate_logprobs` (OpenAI's legacy logprobs and echo)
-    exact_prompts: bool  # `render` is the exact text the model sees (a server applies its own template)
 
 
 @runtime_checkable
@@ -219,7 +218,7 @@ class ChatModel(Protocol):
     # ---- prompts and tokens
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
                tools: Sequence[dict] | None = None) -> str:
-        """The prompt text for these messages (exact when `capabilities.exact_prompts`); `generate` takes it."""
+        """The prompt text for these messages (a server's model: a readable rendering); `generate` takes it."""
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -37,12 +37,8 @@ class RunResult:
     samples: list[Sample] = field(default_factory=list)
 
 
-def modes(spec: Spec) -> tuple[str, ...]:
-    return kind_of(spec).MODES
-
-
 def default_mode(spec: Spec) -> str:
-    return spec.default_mode or modes(spec)[0]
+    return spec.default_mode or kind_of(spec).MODES[0]
 
 
 class Runner:

@@ -108,10 +108,10 @@ def benchmarks() -> list[str]:
 
 
 def load_spec(name: str) -> Spec:
-    names = benchmarks()
-    if name not in names:
-        raise LabError(f"Unknown benchmark '{name}'; choose one of {', '.join(names) or 'none (evals/ is empty)'}.")
     path = config.evals_dir() / f"{name}.yaml"
+    if path not in config.evals_dir().glob("*.yaml"):  # a name, not a path that leads out of evals/
+        names = benchmarks()  # parses every spec for its order: only to say which there are
+        raise LabError(f"Unknown benchmark '{name}'; choose one of {', '.join(names) or 'none (evals/ is empty)'}.")
     raw = config.read_yaml(path, "The benchmark spec", missing="run from a checkout or set LAB_EVALS_DIR")
     where = f"The benchmark spec {path}"
     try:

@@ -138,7 +138,7 @@ def _map(fn, n: int) -> list:
 class RemoteModel:
     """A model served elsewhere, behind the interface of `lab.interface.ChatModel`."""
 
-    capabilities = Capabilities(token_ids=False, logprobs=False, exact_prompts=False)
+    capabilities = Capabilities(token_ids=False, logprobs=False)
 
     def __init__(self, base_url: str, model: str, info: ModelInfo, api_key: str | None = None,
                  client: openai.OpenAI | None = None) -> None:
@@ -206,7 +206,7 @@ class RemoteModel:
             except openai.APIStatusError as e:
                 self._tokenize = e.status_code not in (404, 405)
             except (openai.OpenAIError, ValueError):
-                pass
+                pass  # unreachable or an answer that is not a count: the estimate below
         return count if isinstance(count, int) else estimate()
 
     def count_tokens(self, text: str) -> int:

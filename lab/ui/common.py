@@ -3,10 +3,11 @@ variants on a benchmark) run in the background while the event that started it r
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable, Iterator
 
-from lab.pump import TICK, Pump
+from lab.pump import Pump
 
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
 
@@ -34,22 +35,21 @@ class SessionCancels:
                 del self._events[key]
 
 
+@contextlib.contextmanager
 def in_background(job: Callable[[Callable[[object], None], threading.Event], object], cancels: SessionCancels,
-                  key: str, tick: float | None = None, name: str = "lab-background") -> Iterator:
-    """Run `job(on_progress, cancel)` in a thread; yield each progress item (and TICK every `tick` seconds
-    without one), then return the job's result (`yield from` gives it) or raise its error. Stop for `key`
-    sets `cancel`; a page that goes away (the generator closed) sets it too, so the job stops after its
-    batch and its run stays resumable."""
+                  key: str, name: str = "lab-background") -> Iterator[Pump]:
+    """Run `job(on_progress, cancel)` in a thread; the pump yields each progress item (`pump.events(tick)`), raises
+    the job's error and holds its result (`pump.result`). Stop for `key` sets `cancel`; a page that goes away
+    (leaving the block early) sets it too, so the job stops after its batch and its run stays resumable."""
     event = cancels.start(key)
     pump = Pump(lambda put: job(put, event), name=name)
     try:
-        yield from pump.events(tick)
+        yield pump
     finally:
         if pump.alive:
             event.set()
         pump.join()
         cancels.finish(key, event)
-    return pump.result
 
 
-__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "TICK", "in_background"]
+__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "in_background"]

@@ -221,19 +221,15 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                   on_progress=lambda i, p: on_progress((i, p)), cancel=cancel)
 
         shown_at = 0.0
-        work = in_background(job, cancels, key, name="lab-compare-bench")
         try:
-            while True:
-                i, p = next(work)
-                if time.monotonic() - shown_at >= BENCH_UPDATE_S:
-                    shown_at = time.monotonic()
-                    yield f"Variant {i + 1}/{len(variants)} **{variants[i].name}**: {p}", None
-        except StopIteration as done:
-            rows = done.value
+            with in_background(job, cancels, key, name="lab-compare-bench") as work:
+                for i, p in work:
+                    if time.monotonic() - shown_at >= BENCH_UPDATE_S:
+                        shown_at = time.monotonic()
+                        yield f"Variant {i + 1}/{len(variants)} **{variants[i].name}**: {p}", None
         except LabError as e:
             raise gr.Error(str(e)) from None
-        finally:
-            work.close()
+        rows = work.result
         note = (f"{len(rows)} runs on {benchmark}, {int(limit)} items each; they are in the Evaluate tab's history: "
                 + ", ".join(f"`{r.run_id}`" for r in rows))
         yield note, rows

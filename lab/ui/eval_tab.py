@@ -139,23 +139,19 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         """Run `job(on_progress, cancel)` in the background; yield progress, then the run id and its summary."""
         t0, shown, latest = time.monotonic(), 0.0, None
         yield gr.skip(), gr.skip(), views.progress_html(views.running_text(None, bench, 0))
-        work = in_background(job, cancels, key, tick=POLL_S, name="lab-eval")
         try:
-            while True:
-                item = next(work)
-                latest = item if isinstance(item, Progress) else latest
-                if time.monotonic() - shown >= UPDATE_INTERVAL_S:
-                    shown = time.monotonic()
-                    fraction = latest.done / latest.total if latest and latest.total else None
-                    yield gr.skip(), gr.skip(), views.progress_html(
-                        views.running_text(latest, bench, shown - t0), fraction)
-        except StopIteration as done:
-            result = done.value
+            with in_background(job, cancels, key, name="lab-eval") as work:
+                for item in work.events(POLL_S):  # TICK once a second without news: the elapsed time still moves
+                    latest = item if isinstance(item, Progress) else latest
+                    if time.monotonic() - shown >= UPDATE_INTERVAL_S:
+                        shown = time.monotonic()
+                        fraction = latest.done / latest.total if latest and latest.total else None
+                        yield gr.skip(), gr.skip(), views.progress_html(
+                            views.running_text(latest, bench, shown - t0), fraction)
         except LabError as e:
             yield gr.skip(), gr.skip(), views.progress_html(str(e), tone="error")
             raise gr.Error(str(e)) from None
-        finally:
-            work.close()
+        result = work.result
         run = store().get(result.run_id)
         text, tone = views.result_text(run, result.summary, len(result.samples), time.monotonic() - t0)
         # The bare id, so a program gets a string; the dropdown's choices follow in the next event.

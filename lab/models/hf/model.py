@@ -21,7 +21,7 @@ from lab.interface import Capabilities, Chunk, Completion, Message, ModelInfo, S
 from lab.models.hf import batch, logprobs, streaming
 from lab.models.hf.scoring import ChoiceScorer
 
-CAPABILITIES = Capabilities(token_ids=True, logprobs=True, exact_prompts=True)
+CAPABILITIES = Capabilities(token_ids=True, logprobs=True)
 
 
 class HFModel:
