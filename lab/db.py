@@ -8,6 +8,13 @@ The schema's version is SQLite's `PRAGMA user_version`. Each step of MIGRATIONS 
 version before it to its own; steps are written so that a file from before versioning (user_version 0,
 tables possibly there already) passes through them unharmed. A file newer than this code is refused in
 one sentence rather than written into.
+
+Text is stored so that any Python str reads back equal (`put` to bind, `get` to read): a string SQLite can
+hold as text (valid UTF-8 without NUL) is TEXT, so the file stays readable by eye and by `sqlite3`; any
+other (a lone surrogate such as "\\ud800", which sqlite3 refuses to bind, or a NUL, past which SQLite's
+text functions do not see) is a BLOB of its UTF-8 bytes with surrogates passed through ("surrogatepass").
+SQLite keeps a BLOB as it is in a TEXT column, so the schema's declared types stay. A string maps to
+one stored value, so `WHERE key=?` with a `put` value finds its row.
 """
 
 from __future__ import annotations
@@ -88,7 +95,26 @@ def _v3_votes(c: sqlite3.Connection) -> None:
     c.executescript(VOTES)
 
 
-MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes)  # index i brings version i to version i + 1
+# The free-text columns of runs and samples (ids are made by the code and never hold such characters).
+TEXT_COLUMNS = {"runs": ("benchmark", "subset", "mode", "model", "quant", "params", "data_source", "versions",
+                         "status", "summary", "owner"),
+                "samples": ("key", "subject", "prompt", "output", "extracted", "gold", "detail")}
+
+
+def _v4_text_as_put_writes_it(c: sqlite3.Connection) -> None:
+    # Older versions bound a string with a NUL as TEXT; this one binds it as a BLOB (`put`). Move such values
+    # to BLOBs so that each string has one stored form and `WHERE key=?` and INSERT OR REPLACE on resume
+    # still find the old rows. (Older versions could not store a lone surrogate at all.) CAST(x AS BLOB) gives
+    # every byte of the text, NULs included, where SQLite's text functions stop at the first.
+    for table, columns in TEXT_COLUMNS.items():
+        have = _columns(c, table)
+        for col in columns:
+            if col in have:
+                c.execute(f"UPDATE {table} SET {col} = CAST({col} AS BLOB) "
+                          f"WHERE typeof({col}) = 'text' AND instr(CAST({col} AS BLOB), x'00') > 0")
+
+
+MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it)  # index i brings version i to version i + 1
 VERSION = len(MIGRATIONS)
 
 
@@ -102,6 +128,25 @@ def migrate(c: sqlite3.Connection, path: Path) -> None:
             step(c)
     if found < VERSION:
         c.execute(f"PRAGMA user_version={VERSION}")
+
+
+def put(value):
+    """A value as sqlite3 should bind it: a str SQLite cannot hold as text becomes a BLOB (module docstring)."""
+    if not isinstance(value, str):
+        return value
+    if "\0" not in value:
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:  # a lone surrogate
+            pass
+    return value.encode("utf-8", "surrogatepass")
+
+
+def get(value):
+    """The str that `put` stored, from TEXT or BLOB; other values as they are. Every BLOB in these tables is
+    one `put` wrote, so a BLOB is always text."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
 class Database:

@@ -68,3 +68,25 @@ def test_a_damaged_file_is_one_sentence(tmp_path):
     (tmp_path / "lab.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(LabError, match="cannot be opened"):
         RunStore.open(tmp_path)
+
+
+def test_a_version_3_file_with_a_nul_in_its_text_is_brought_forward_and_its_rows_found(tmp_path):
+    # Version 3 bound a str with a NUL as TEXT; version 4 binds it as a BLOB, so the migration moves it.
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        c.executescript(OLD)
+        c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        c.execute("INSERT INTO samples VALUES ('mmlu-old', ?, 1, 'anatomy', ?, ?, 'A', 'A', 1, ?, 0.1)",
+                  ("anatomy/1\x00", "p\x00q", "A\x00", '{"stdout": "\\u0000"}'))
+        c.execute("PRAGMA user_version=3")
+        assert c.execute("SELECT typeof(prompt) FROM samples WHERE position=1").fetchone() == ("text",)
+    store = RunStore.open(tmp_path)
+    assert version(tmp_path / "lab.db") == VERSION
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        kinds = c.execute("SELECT typeof(key), typeof(prompt), typeof(output), typeof(gold) FROM samples "
+                          "ORDER BY position").fetchall()
+    assert kinds == [("text",) * 4, ("blob", "blob", "blob", "text")]
+    s = store.sample("mmlu-old", "anatomy/1\x00")  # found by the key as this version binds it
+    assert (s.prompt, s.output, s.detail) == ("p\x00q", "A\x00", {"stdout": "\x00"})
+    store.add_samples("mmlu-old", [s])  # a resumed batch writes the row again: replaced, not doubled
+    assert [x.key for x in store.samples("mmlu-old")] == ["anatomy/0", "anatomy/1\x00"]
+    assert store.get("mmlu-old").summary == {"overall": {"accuracy": 1.0}}

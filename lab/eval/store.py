@@ -9,6 +9,11 @@
 Each batch of samples is committed in its own transaction, so a run killed with SIGKILL keeps every
 batch written before the kill and `--resume` redoes only the rest. WAL mode lets the page read the
 history while a run writes to it.
+
+Any Python str is stored and read back equal, whatever a model or a samples file put in it (lone
+surrogates, NUL, megabytes): every value is bound through lab.db's `put` and read through its `get`.
+JSON fields are dumped with ensure_ascii=False, so their strings go through that same rule rather than
+through JSON's \\u escapes (which would join two lone surrogates into one character).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-from lab.db import Store
+from lab.db import Store, get, put
 from lab.errors import LabError
 
 
@@ -99,29 +104,30 @@ class RunStore(Store):
             c.execute(
                 "INSERT INTO runs (id, benchmark, subset, mode, shots, model, quant, params, data_source, versions,"
                 " seed, n_total, status, owner, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'running',?,?)",
-                (run_id, benchmark, subset, mode, shots, model, quant, json.dumps(params), data_source,
-                 json.dumps(versions or {}), seed, n_total, _owner(), time.time()),
+                tuple(map(put, (run_id, benchmark, subset, mode, shots, model, quant, _json(params), data_source,
+                                _json(versions or {}), seed, n_total, _owner(), time.time()))),
             )
         return run_id
 
     def add_samples(self, run_id: str, samples: Iterable[Sample]) -> None:
-        rows = [(run_id, s.key, s.position, s.subject, s.prompt, s.output, s.extracted, s.gold, int(bool(s.correct)),
-                 json.dumps(s.detail, ensure_ascii=False), s.duration_s) for s in samples]
+        rows = [tuple(map(put, (run_id, s.key, s.position, s.subject, s.prompt, s.output, s.extracted, s.gold,
+                                int(bool(s.correct)), _json(s.detail), s.duration_s))) for s in samples]
         with self.conn() as c:  # one transaction: the whole batch or none of it
             c.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def set_status(self, run_id: str, status: str) -> None:
         with self.conn() as c:
-            c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?", (status, _owner(), run_id))
+            c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?",
+                      (status, put(_owner()), put(run_id)))
 
     def finish(self, run_id: str, status: str, summary: dict | None) -> None:
         with self.conn() as c:
             c.execute("UPDATE runs SET status=?, ended_at=?, summary=? WHERE id=?",
-                      (status, time.time(), json.dumps(summary, ensure_ascii=False) if summary else None, run_id))
+                      (status, time.time(), put(_json(summary)) if summary else None, put(run_id)))
 
     # ---- reading ------------------------------------------------------------------------
     def get(self, run_id: str) -> Run:
-        row = self.conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        row = self.conn().execute("SELECT * FROM runs WHERE id=?", (put(run_id),)).fetchone()
         if row is None:
             raise LabError(f"No run '{run_id}' in {self.path}; `python -m lab.eval list` shows the runs.")
         return _run(row)
@@ -129,35 +135,42 @@ class RunStore(Store):
     def runs(self, benchmark: str | None = None, limit: int = 200) -> list[Run]:
         sql, args = "SELECT * FROM runs", ()
         if benchmark:
-            sql, args = sql + " WHERE benchmark=?", (benchmark,)
+            sql, args = sql + " WHERE benchmark=?", (put(benchmark),)
         rows = self.conn().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
         return [_run(r) for r in rows]
 
     def samples(self, run_id: str) -> list[Sample]:
-        rows = self.conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (run_id,))
+        rows = self.conn().execute("SELECT * FROM samples WHERE run_id=? ORDER BY position, key", (put(run_id),))
         return [_sample(r) for r in rows]
 
     def sample(self, run_id: str, key: str) -> Sample | None:
-        row = self.conn().execute("SELECT * FROM samples WHERE run_id=? AND key=?", (run_id, key)).fetchone()
+        row = self.conn().execute("SELECT * FROM samples WHERE run_id=? AND key=?",
+                                  (put(run_id), put(key))).fetchone()
         return None if row is None else _sample(row)
 
     def done_keys(self, run_id: str) -> set[str]:
-        return {r[0] for r in self.conn().execute("SELECT key FROM samples WHERE run_id=?", (run_id,))}
+        return {get(r[0]) for r in self.conn().execute("SELECT key FROM samples WHERE run_id=?", (put(run_id),))}
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _sample(r: sqlite3.Row) -> Sample:
+def _sample(row: sqlite3.Row) -> Sample:
+    r = {k: get(row[k]) for k in row.keys()}
     return Sample(key=r["key"], position=r["position"], subject=r["subject"], prompt=r["prompt"], output=r["output"],
                   extracted=r["extracted"], gold=r["gold"], correct=bool(r["correct"]),
                   detail=json.loads(r["detail"] or "{}"), duration_s=r["duration_s"])
 
 
 def _run(row: sqlite3.Row) -> Run:
-    return Run(id=row["id"], benchmark=row["benchmark"], subset=row["subset"], mode=row["mode"], shots=row["shots"],
-               model=row["model"], quant=row["quant"], params=json.loads(row["params"]), data_source=row["data_source"],
-               versions=json.loads(row["versions"] or "{}"), seed=row["seed"], n_total=row["n_total"],
-               status=row["status"], started_at=row["started_at"], ended_at=row["ended_at"],
-               summary=json.loads(row["summary"]) if row["summary"] else None, owner=row["owner"])
+    r = {k: get(row[k]) for k in row.keys()}
+    return Run(id=r["id"], benchmark=r["benchmark"], subset=r["subset"], mode=r["mode"], shots=r["shots"],
+               model=r["model"], quant=r["quant"], params=json.loads(r["params"]), data_source=r["data_source"],
+               versions=json.loads(r["versions"] or "{}"), seed=r["seed"], n_total=r["n_total"],
+               status=r["status"], started_at=r["started_at"], ended_at=r["ended_at"],
+               summary=json.loads(r["summary"]) if r["summary"] else None, owner=r["owner"])

@@ -83,3 +83,46 @@ def test_a_running_run_whose_process_is_gone_reads_as_interrupted(tmp_path):
     assert store.get(run_id).state == "interrupted" and store.get(run_id).status == "running"
     store.finish(run_id, "finished", {})
     assert store.get(run_id).state == "finished"
+
+
+# Strings a model or a samples file can hold, each of which the store once refused or cut short.
+HOSTILE = {
+    "lone high surrogate": "x = '\ud800'",
+    "lone low surrogate": "\udcff tail",
+    "two lone surrogates side by side": "\ud83d\ude00",  # two code points, not the emoji JSON would make of them
+    "NUL": "a\x00b\x00",
+    "only NUL": "\x00",
+    "megabytes": "# " + "x" * (2 << 20) + "\ud800\x00",
+    "plain": "def f():\n    return '中文'\n",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_any_str_in_any_text_field_reads_back_equal(tmp_path, name):
+    text = HOSTILE[name]
+    store = RunStore.open(tmp_path)
+    params = {"file": text, "request": {"system": text}, text: [text, 1]}
+    run_id = store.create_run(benchmark="humaneval", mode="score", model=f"file:{text}", params=params, n_total=1,
+                              subset=text, quant=text, data_source=text, versions={"v": text})
+    s = Sample(f"HumanEval/0#{text}", 0, text, text, text, text, text, False,
+               {"status": "error", "stdout": text, "nested": {"list": [text, text]}, text: text}, 0.5)
+    store.add_samples(run_id, [s])
+    store.finish(run_id, "finished", {"statuses": {text: 1}})
+    assert store.samples(run_id) == [s]
+    assert store.sample(run_id, s.key) == s  # the key finds its row, in whatever form it was stored
+    assert store.done_keys(run_id) == {s.key}
+    run = store.get(run_id)
+    assert (run.model, run.subset, run.quant, run.data_source) == (f"file:{text}", text, text, text)
+    assert run.params == params and run.versions == {"v": text} and run.summary == {"statuses": {text: 1}}
+    store.add_samples(run_id, [s])  # written again (a resumed batch): replaced, not doubled
+    assert len(store.samples(run_id)) == 1
+
+
+def test_text_sqlite_can_hold_stays_readable_text_in_the_file(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=2)
+    store.add_samples(run_id, [sample(0), Sample("anatomy/1", 1, "anatomy", "p\x00", "\ud800", "A", "A", True)])
+    with sqlite3.connect(tmp_path / "lab.db") as c:
+        kinds = c.execute("SELECT typeof(prompt), typeof(output) FROM samples ORDER BY position").fetchall()
+        assert kinds == [("text", "text"), ("blob", "blob")]
+        assert c.execute("SELECT prompt FROM samples WHERE key='anatomy/0'").fetchone() == ("prompt 0",)
