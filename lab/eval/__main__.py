@@ -196,8 +196,8 @@ def _export(args, store: RunStore) -> int:
     with open(samples_path, "w", encoding="utf-8") as f:
         kind = kind_of(load_spec(run.benchmark))
         for s in store.samples(run.id):
-            f.write(json.dumps(kind.export_row(s), ensure_ascii=False) + "\n")
-    summary_path.write_text(json.dumps(run.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            f.write(report.json_text(kind.export_row(s)) + "\n")  # a lone surrogate as its \u escape
+    summary_path.write_text(report.json_text(run.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(f"wrote {samples_path} and {summary_path}")
     return 0
 
