@@ -2,12 +2,14 @@
 Transformers model (`lab.models.hf`), a remote OpenAI-compatible server (`lab.models.remote`) and the
 offline `tiny-random` all implement. Everything above the model layer uses only what is declared here.
 
-No torch and no Gradio: plain records, two small rules (seeds, finish reasons), a clock for replies,
-and the Protocol.
+No torch and no Gradio: plain records, small rules (the range of every number a user gives, seeds, finish
+reasons), a clock for replies, and the Protocol.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import random
 import threading
 import time
@@ -19,6 +21,87 @@ Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": 
 # A reply carries the tool calls it makes as Qwen2.5's blocks in its text, whatever the backend:
 # <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call> (lab.chat.tools reads them).
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+# ---- the one rule for numbers ----------------------------------------------------------------------
+# Every number a user gives, at the API (lab.serve), on the page and on a command line, is checked here: finite,
+# of the right kind, in its range; a violation is one sentence naming the field and the range.
+SEED_MAX = 2**32 - 1  # seeds are whole numbers 0..SEED_MAX (numpy's range; torch and `random` take all of them)
+MAX_NEW_TOKENS = 2**20  # above any context this project serves (Qwen2.5 with YaRN: 131,072)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A number's range: low..high inclusive (`above`: low itself excluded); `whole`: an integer."""
+
+    low: int | float
+    high: int | float
+    whole: bool = False
+    above: bool = False
+
+    def describe(self) -> str:
+        def show(x) -> str:
+            return f"{x:,}" if self.whole else f"{x:g}"
+
+        kind = "a whole number" if self.whole else "a number"
+        return (f"{kind} above {show(self.low)} and at most {show(self.high)}" if self.above
+                else f"{kind} from {show(self.low)} to {show(self.high)}")
+
+
+LIMITS: dict[str, Limit] = {
+    # sampling (SamplingParams; the API's names map onto these)
+    "temperature": Limit(0, 2),  # OpenAI's range; 0 is greedy
+    "top_p": Limit(0, 1, above=True),
+    "top_k": Limit(0, 1_000_000, whole=True),  # 0 is off; past the vocabulary it is off too
+    "repetition_penalty": Limit(0, 10, above=True),  # 1 is off
+    "max_new_tokens": Limit(1, MAX_NEW_TOKENS, whole=True),
+    "seed": Limit(0, SEED_MAX, whole=True),
+    "frequency_penalty": Limit(-2, 2),  # OpenAI's range (lab.serve then refuses any but 0)
+    "presence_penalty": Limit(-2, 2),
+    "logprobs": Limit(0, 20, whole=True),  # OpenAI's legacy completions: alternatives per token
+    "max_tokens": Limit(0, MAX_NEW_TOKENS, whole=True),  # the API's max_new_tokens; 0: a completion scores only
+    # models and servers
+    "context": Limit(1, MAX_NEW_TOKENS, whole=True),
+    "port": Limit(1, 65535, whole=True),
+    # evaluations
+    "shots": Limit(0, 5, whole=True),  # the dev split has 5 questions a subject
+    "limit": Limit(0, 10**9, whole=True),  # 0: everything
+    "batch_size": Limit(1, 65536, whole=True),
+    "samples_per_task": Limit(1, 1000, whole=True),
+    "timeout": Limit(0, 86400, above=True),  # seconds per program in the sandbox
+    "workers": Limit(1, 1024, whole=True),
+}
+
+
+def check_number(field: str, value, name: str | None = None):
+    """`value` as `LIMITS[field]` wants it (an int for a whole number: 3.0 is 3; a string is parsed), or ValueError
+    whose message is one sentence, without its full stop, naming `name` (default: the field) and the range."""
+    limit = LIMITS[field]
+    number = _parse(value.strip()) if isinstance(value, str) else value  # a form's text, a command line's word
+    if isinstance(number, numbers.Real) and not isinstance(number, (bool, numbers.Integral)):
+        number = float(number)
+        if limit.whole and number.is_integer():
+            number = int(number)  # JSON and forms have one kind of number: 3.0 is 3
+    elif isinstance(number, numbers.Integral) and not isinstance(number, bool):
+        number = int(number)
+    kind = int if limit.whole else (int, float)
+    if (not isinstance(number, kind) or isinstance(number, bool) or (isinstance(number, float) and not
+            math.isfinite(number)) or not (limit.low < number if limit.above else limit.low <= number)
+            or number > limit.high):
+        whole_float = isinstance(value, float) and value.is_integer() and abs(value) < 1e16
+        shown = value if isinstance(value, str) else str(int(value)) if whole_float else repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ValueError(f"{name or field} must be {limit.describe()}, got {shown}")
+    return number
+
+
+def _parse(text: str) -> int | float | None:
+    for kind in (int, float):  # int first: a long seed keeps every digit
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
 
 
 @dataclass
@@ -38,16 +121,10 @@ class SamplingParams:
     response_format: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"):
+            setattr(self, name, check_number(name, getattr(self, name)))
+        if self.seed is not None:
+            self.seed = check_number("seed", self.seed)
         self.stop = tuple(self.stop)
 
     @property

@@ -124,12 +124,12 @@ def fit_to_context(system_prompt: str, history: Sequence[Message], count_tokens:
 
 def sampling_from_ui(temperature: float, top_p: float, top_k: float, repetition_penalty: float,
                      max_new_tokens: float, seed: float | None) -> SamplingParams:
-    """Sampling parameters from form values; a seed of -1 or empty means a fresh one each reply."""
+    """Sampling parameters from form values; a seed of -1 or empty means a fresh one each reply. SamplingParams
+    checks every value by the one rule for numbers (finite, in range, whole where it must be)."""
     try:
         return SamplingParams(
-            temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-            repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-            seed=None if seed is None or int(seed) < 0 else int(seed),
+            temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+            max_new_tokens=max_new_tokens, seed=None if seed is None or float(seed) < 0 else seed,
         )
     except (TypeError, ValueError) as e:
         raise LabError(f"A sampling setting is out of range: {e}.") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lab.chat.presets import system_presets
 from lab.errors import LabError
-from lab.interface import Message, SamplingParams
+from lab.interface import Message, SamplingParams, check_number
 
 MIN_PANES, MAX_PANES = 2, 4
 SLOT = "{input}"
@@ -103,19 +103,22 @@ def variant_from_dict(d: object, index: int, presets: dict[str, str] | None = No
                 values[k] = None if k == "seed" else getattr(DEFAULTS, k)
             elif isinstance(v, bool) or not isinstance(v, (int, float, str)):
                 raise ValueError(f"{k} must be a number, got {v!r}")
-            elif k in ("top_k", "max_new_tokens", "seed"):
-                if float(v) != int(float(v)):
-                    raise ValueError(f"{k} must be a whole number, got {v}")
-                values[k] = int(float(v))
+            elif k == "seed" and _negative(v):
+                values[k] = None  # -1: a fresh seed each run
             else:
-                values[k] = float(v)
-        if values["seed"] is not None and values["seed"] < 0:
-            values["seed"] = None  # -1: a fresh seed each run
+                values[k] = check_number(k, v)  # the one rule for numbers: finite, in range
         variant = Variant(name=name, system=system.strip(), template=template, preset=preset, **values)
         variant.params()  # SamplingParams checks the ranges
     except ValueError as e:
         raise LabError(f"{where} has an invalid sampling setting: {e}.") from None
     return variant
+
+
+def _negative(v) -> bool:
+    try:
+        return float(v) < 0
+    except ValueError:
+        return False
 
 
 def parse_variants(items: object, presets: dict[str, str] | None = None) -> list[Variant]:

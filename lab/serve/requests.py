@@ -6,10 +6,12 @@ terms (`ChatRequest`, `CompletionRequest`). Replies are written by `lab.serve.re
     raise api_error(e.errors(), ChatCompletionBody)                     # a ValidationError as one sentence
 
 Sampling fields map onto `SamplingParams`: temperature (0 is greedy), top_p, max_tokens or
-max_completion_tokens, seed, stop, and vLLM's top_k (-1 is off) and repetition_penalty. A field left out
+max_completion_tokens, seed, stop, and vLLM's top_k (-1 is off) and repetition_penalty. Every number is checked by
+the project's one rule (`lab.interface.LIMITS`: finite, in range), as the page and the CLIs check theirs. A field left out
 takes the model's own default (`SamplingParams()`, Qwen2.5-Instruct's generation_config), as vLLM does, not
 OpenAI's temperature 1. Unknown fields are ignored; known ones this server cannot honour (n > 1, a non-zero
-frequency or presence penalty, logit_bias, a forced tool) are refused with one sentence, not dropped.
+frequency or presence penalty, logit_bias, a forced tool) are refused with one sentence, not dropped. Text that is
+not valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell) is refused wherever it is.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from lab.chat.conversation import parse_history
 from lab.chat.json_mode import check_schema
 from lab.chat.tools import load_tools
 from lab.errors import LabError
-from lab.interface import Message, SamplingParams
+from lab.interface import LIMITS, Message, SamplingParams, check_number
 from lab.serve.replies import ApiError
 
-MAX_LOGPROBS = 20
 REFUSED = "refused"  # the type of a validation error whose message is already the reply's sentence
 
 
@@ -49,6 +50,41 @@ def unsupported(sentence: str, param: str | None = None) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+def limited(field: str, name: str | None = None, off: int | None = None) -> AfterValidator:
+    """Field metadata: the number's range from `lab.interface.LIMITS[field]`, refused in that rule's sentence;
+    `name`: the API's name for it; `off`: a value outside the range that is accepted as it is (top_k's -1)."""
+    name = name or field
+
+    def check(value):
+        if value is None or (off is not None and value == off):
+            return value
+        try:
+            return check_number(field, value, f"'{name}'")
+        except ValueError as e:
+            if off is not None:
+                raise refuse(f"'{name}' must be {off} (off) or {LIMITS[field].describe()}, got {value!r}.") from None
+            raise refuse(f"{e}.") from None
+
+    return AfterValidator(check)
+
+
+def _lone_surrogate(value) -> bool:
+    """Whether any string in `value` (a JSON value: nested lists and objects, keys included) has a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, list):
+            stack += v
+    return False
 
 
 @dataclass(frozen=True)
@@ -75,27 +111,37 @@ class _Body(BaseModel):
 
     model: Annotated[str | None, Otherwise("'model' must be a string.")] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data):
+        if isinstance(data, dict) and _lone_surrogate(data):
+            key = next((k for k, v in data.items() if _lone_surrogate(v)), None)
+            clean = isinstance(key, str) and not _lone_surrogate(key)
+            raise refuse(f"{repr(key) if clean else 'The request body'} holds text that is not valid Unicode (a lone "
+                         "surrogate, such as \\ud800 unpaired); send UTF-8 text.", key if clean else None)
+        return data
+
 
 class _Sampling(_Body):
     default_max_tokens: ClassVar[int | None] = None  # None: the route decides (a chat: what the context leaves)
 
     n: Annotated[Int | None, Field(ge=1)] = None
     best_of: Annotated[Int | None, Field(ge=1)] = None
-    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2), unsupported(
+    frequency_penalty: Annotated[float | None, limited("frequency_penalty"), unsupported(
         "'frequency_penalty' is not supported; use 'repetition_penalty' (1.0 is off).")] = None
-    presence_penalty: Annotated[float | None, Field(ge=-2, le=2), unsupported(
+    presence_penalty: Annotated[float | None, limited("presence_penalty"), unsupported(
         "'presence_penalty' is not supported; use 'repetition_penalty' (1.0 is off).")] = None
     logit_bias: Annotated[Any, unsupported("'logit_bias' is not supported.")] = None
-    max_completion_tokens: Annotated[Int | None, Field(ge=0)] = None
-    max_tokens: Annotated[Int | None, Field(ge=0)] = None
-    temperature: Annotated[float | None, Field(ge=0)] = None
-    top_p: Annotated[float | None, Field(ge=0, le=1)] = None
-    top_k: Annotated[Int | None, Field(ge=-1)] = None
-    repetition_penalty: Annotated[float | None, Field(ge=0)] = None
-    seed: Int | None = None
+    max_completion_tokens: Annotated[Int | None, limited("max_tokens", "max_completion_tokens")] = None
+    max_tokens: Annotated[Int | None, limited("max_tokens")] = None  # 0: a completion scores its prompt only
+    temperature: Annotated[float | None, limited("temperature")] = None
+    top_p: Annotated[float | None, limited("top_p")] = None
+    top_k: Annotated[Int | None, limited("top_k", off=-1)] = None
+    repetition_penalty: Annotated[float | None, limited("repetition_penalty")] = None
+    seed: Annotated[Int | None, limited("seed")] = None
     stop: Annotated[str | list[str] | None, Otherwise("'stop' must be a string or a list of strings.")] = None
     ignore_eos: Any = None  # only true turns it on
-    stream: Any = False
+    stream: Annotated[bool | None, Otherwise("'stream' must be true or false.")] = False
     stream_options: Annotated[dict | None, Otherwise(
         "'stream_options' must be an object like {\"include_usage\": true}.")] = None
     _params: SamplingParams = PrivateAttr()
@@ -236,7 +282,7 @@ class CompletionBody(_Sampling):
 
     prompt: Annotated[str | Annotated[list[str], Field(min_length=1)], Otherwise(PROMPT)]
     suffix: Annotated[Any, unsupported("'suffix' is not supported.")] = None
-    logprobs: Annotated[Int | None, Field(ge=0, le=MAX_LOGPROBS)] = None
+    logprobs: Annotated[Int | None, limited("logprobs")] = None
     echo: Annotated[bool, Otherwise("'echo' must be true or false.")] = False
 
     def request(self) -> CompletionRequest:
