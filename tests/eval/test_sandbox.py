@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -150,12 +151,16 @@ def test_writing_past_the_file_size_limit_fails():
     assert r.status == "failed" and "File too large" in r.detail, r
 
 
-def test_the_working_directory_is_private_and_removed_even_after_a_timeout():
-    source = "import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd(), flush=True)\nwhile True:\n    pass\n"
+def test_what_the_program_writes_is_gone_even_after_a_timeout():
+    token = f"qwen-lab-left-{secrets.token_hex(6)}"
+    source = (f"import os\nfor d in (os.getcwd(), '/tmp', '/var/tmp', '/dev/shm'):\n    try:\n"
+              f"        open(os.path.join(d, '{token}'), 'w').write('x')\n    except OSError:\n        pass\n"
+              "print(os.getcwd(), flush=True)\nwhile True:\n    pass\n")
     r = run_program(source, SHORT)
     cwd = Path(r.stdout.strip())
     assert r.status == "timeout" and cwd.is_absolute() and cwd != Path.cwd()
-    assert not cwd.exists()
+    assert not (cwd / token).exists()
+    assert [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.exists(os.path.join(d, token))] == []
 
 
 def test_the_environment_holds_no_secrets(monkeypatch):
@@ -254,7 +259,10 @@ def test_cancel_stops_launching_new_jobs():
 
 def test_protections_report_what_is_in_force():
     p = protections()
-    assert p["own_process"] is True and p["seccomp"] is False
+    assert p["own_process"] is True and p["seccomp"] is False and p["isolation"] in ("bwrap", "namespaces", "none")
+    assert p["judge"].startswith("own process")
+    if shutil.which("bwrap") and sys.platform.startswith("linux") and os.environ.get("LAB_REQUIRE_BWRAP"):
+        assert p["isolation"] == "bwrap" and p["filesystem"] == "private (bubblewrap)", p
     assert all(isinstance(p[k], bool) for k in ("network_cut", "pid_namespace", "uid_drop", "proc_limit"))
     if os.geteuid() == 0 and not p["uid_drop"]:
         assert p["proc_limit"] is False and p["runs_as"] == "root"
