@@ -120,7 +120,7 @@ class Runner:
                 if samples is None:  # cancelled half-way: the batch is dropped and redone on resume
                     status = "cancelled"
                     break
-                self.store.add_samples(run_id, samples)
+                samples = self.store.save(run_id, samples)  # one that cannot be written is an error, not the run's end
                 done.update(s.key for s in samples)
                 correct += sum(s.correct for s in samples)
                 if on_progress:

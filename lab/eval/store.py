@@ -3,6 +3,7 @@
     store = RunStore.open()                 # creates (or migrates) the file on first use
     run_id = store.create_run(meta)         # meta: benchmark, model, quant, parameters, versions, ...
     store.add_samples(run_id, records)      # one transaction per batch, as the batch completes
+    store.save(run_id, records)             # the same, but a sample that cannot be written does not stop the rest
     store.done_keys(run_id)                 # what a resumed run skips
     store.finish(run_id, "finished", summary)
 
@@ -25,7 +26,7 @@ import socket
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from lab.db import Store, get, put
 from lab.errors import LabError
@@ -115,6 +116,31 @@ class RunStore(Store):
         with self.conn() as c:  # one transaction: the whole batch or none of it
             c.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
+    def save(self, run_id: str, samples: Sequence[Sample]) -> list[Sample]:
+        """add_samples, except that one sample that cannot be written (a detail JSON cannot hold, a field of
+        the wrong type) does not lose the others: the batch is retried one sample at a time, and such a
+        sample is saved as an "error" verdict that says why. Returns what was saved. A store that cannot
+        write at all still raises."""
+        samples = list(samples)
+        try:
+            self.add_samples(run_id, samples)
+            return samples
+        except sqlite3.OperationalError:  # locked, disk full, read-only: no sample would fare better alone
+            raise
+        except Exception:
+            pass
+        saved = []
+        for s in samples:
+            try:
+                self.add_samples(run_id, [s])
+            except sqlite3.OperationalError:
+                raise
+            except Exception as e:
+                s = unsaveable(s, e)
+                self.add_samples(run_id, [s])
+            saved.append(s)
+        return saved
+
     def set_status(self, run_id: str, status: str) -> None:
         with self.conn() as c:
             c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?",
@@ -150,6 +176,14 @@ class RunStore(Store):
 
     def done_keys(self, run_id: str) -> set[str]:
         return {get(r[0]) for r in self.conn().execute("SELECT key FROM samples WHERE run_id=?", (put(run_id),))}
+
+
+def unsaveable(s: Sample, e: Exception) -> Sample:
+    """What is kept of a sample the store could not write: its key, place and task, and why (its texts may be
+    what could not be written, so none is kept)."""
+    why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return Sample(str(s.key), int(s.position), s.subject if isinstance(s.subject, str) else None, "", None, None,
+                  None, False, {"status": "error", "result": f"could not be saved ({why})"}, None)
 
 
 def _json(value) -> str:

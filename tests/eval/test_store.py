@@ -126,3 +126,30 @@ def test_text_sqlite_can_hold_stays_readable_text_in_the_file(tmp_path):
         kinds = c.execute("SELECT typeof(prompt), typeof(output) FROM samples ORDER BY position").fetchall()
         assert kinds == [("text", "text"), ("blob", "blob")]
         assert c.execute("SELECT prompt FROM samples WHERE key='anatomy/0'").fetchone() == ("prompt 0",)
+
+
+def test_save_keeps_the_batch_when_one_sample_cannot_be_written(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=3)
+    bad = sample(1)
+    bad.detail = {"logprobs": {1j}}  # a set of complex numbers: no JSON for it
+    saved = store.save(run_id, [sample(0), bad, sample(2)])
+    assert store.samples(run_id) == saved and [s.key for s in saved] == ["anatomy/0", "anatomy/1", "anatomy/2"]
+    assert saved[0] == sample(0) and saved[2] == sample(2)
+    assert saved[1].correct is False and saved[1].detail["status"] == "error"
+    assert saved[1].detail["result"] == "could not be saved (TypeError: Object of type set is not JSON serializable)"
+
+
+def test_save_still_raises_when_the_store_cannot_write_at_all(tmp_path):
+    store = RunStore.open(tmp_path)
+    run_id = store.create_run(benchmark="mmlu", mode="logprob", model="m", params={}, n_total=1)
+    other = sqlite3.connect(tmp_path / "lab.db", timeout=0)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds the file
+    store.db.conn().execute("PRAGMA busy_timeout=0")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.save(run_id, [sample(0)])
+    finally:
+        other.rollback()
+        other.close()
+    assert store.save(run_id, [sample(0)]) == [sample(0)]
