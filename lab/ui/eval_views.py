@@ -3,6 +3,10 @@
 Pure functions of `Run`, summary and `Sample` records (pandas frames and HTML/Markdown text in, no
 Gradio and no model), so the page, and anyone reading it, sees the very numbers `lab.eval.report`
 computes for the CLI.
+
+Text from a run is shown through report's `escape`, `one_line` and `block`: a lone surrogate (which the
+page's JSON cannot carry) or a NUL shows as \\ud800 or \\x00, and a field of megabytes is cut with a note
+(the store keeps it whole; the export writes it all).
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ def headline(run: Run, done: int, summary: dict) -> str:
     what = run.benchmark + (f"/{run.subset}" if run.subset else "") + f" · {run.mode}"
     if run.shots is not None:
         what += f" · {run.shots}-shot"
-    return (f"### {run.id}\n{what} · {run.model} ({run.quant or '—'}) · seed {run.seed}  \n"
+    what = report.escape(what, keep="")
+    return (f"### {run.id}\n{what} · {shown(run.model)} ({shown(run.quant) or '—'}) · seed {run.seed}  \n"
             f"{run.state} {done}/{run.n_total} · started {started(run)}\n\n**{score_text(summary)}**\n\n"
             f"<small>{summary.get('averages', '')}</small>")
 
@@ -166,14 +171,18 @@ def prompt_gist(prompt: str, width: int = 90) -> str:
 
 
 def clip(text: str | None, width: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return report.one_line(text, width)
+
+
+def shown(text: str | None) -> str:
+    """A short field (a model, a key) as one line, escaped; a few hundred characters at most."""
+    return report.one_line(text, 300)
 
 
 def sample_frame(samples: list[Sample], wrong_only: bool) -> pd.DataFrame:
     chosen = [s for s in samples if not (wrong_only and s.correct)][:MAX_SAMPLE_ROWS]
-    rows = [[s.key, s.subject or "", prompt_gist(s.prompt), clip(s.output, 60), clip(s.extracted, 40) or "—",
-             s.gold or "", "✓" if s.correct else "✗"] for s in chosen]
+    rows = [[shown(s.key), shown(s.subject), prompt_gist(s.prompt), clip(s.output, 60), clip(s.extracted, 40) or "—",
+             shown(s.gold), "✓" if s.correct else "✗"] for s in chosen]
     return pd.DataFrame(rows, columns=SAMPLE_HEADERS)
 
 
@@ -186,13 +195,18 @@ def samples_note(samples: list[Sample], wrong_only: bool) -> str:
 
 
 def sample_text(s: Sample) -> str:
+    """One sample in full: its verdict and reason, output, answer, prompt and detail, each escaped and cut at
+    report.SHOWN_CHARS characters with a note."""
     detail = json.dumps(s.detail, ensure_ascii=False, indent=1) if s.detail else "{}"
     verdict = "correct" if s.correct else "wrong"
+    if isinstance(s.detail, dict) and s.detail.get("status"):  # a program's verdict and its reason
+        verdict = clip(f"{s.detail['status']}: {s.detail.get('result', '')}", 300)
     took = f", {s.duration_s:.3f} s" if s.duration_s is not None else ""
     # The output and the answer read from it first: the prompt opens with the shots, the question is at its end.
-    return (f"{s.key} · {s.subject or ''} · answer {s.extracted or '—'} · gold {s.gold or '—'} · {verdict}{took}\n\n"
-            f"── output ──\n{s.output or ''}\n\n── extracted ──\n{s.extracted or '—'}\n\n"
-            f"── prompt ──\n{s.prompt}\n\n── detail ──\n{detail}")
+    return (f"{shown(s.key)} · {shown(s.subject)} · answer {clip(s.extracted, 60) or '—'} · "
+            f"gold {shown(s.gold) or '—'} · {verdict}{took}\n\n"
+            f"── output ──\n{report.block(s.output)}\n\n── extracted ──\n{report.block(s.extracted) or '—'}\n\n"
+            f"── prompt ──\n{report.block(s.prompt)}\n\n── detail ──\n{report.block(detail)}")
 
 
 # ---- the history ------------------------------------------------------------------------------
@@ -201,28 +215,28 @@ def history_frame(store: RunStore) -> pd.DataFrame:
     for r in store.runs():
         done = r.n_total if r.status == "finished" else len(store.done_keys(r.id))
         o = (r.summary or {}).get("overall", {})
-        rows.append([r.id, r.benchmark + (f"/{r.subset}" if r.subset else ""), r.mode,
-                     "" if r.shots is None else r.shots, r.model, r.quant or "", r.state, f"{done}/{r.n_total}",
+        rows.append([r.id, shown(r.benchmark + (f"/{r.subset}" if r.subset else "")), shown(r.mode),
+                     "" if r.shots is None else r.shots, shown(r.model), shown(r.quant), r.state, f"{done}/{r.n_total}",
                      report.pct(o.get("pass@1", o.get("accuracy"))), started(r)])
     return pd.DataFrame(rows, columns=HISTORY_HEADERS)
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
-    return [(f"{r.id} · {r.model} · {r.state}", r.id) for r in store.runs()]
+    return [(f"{r.id} · {shown(r.model)} · {r.state}", r.id) for r in store.runs()]
 
 
 # ---- two runs ---------------------------------------------------------------------------------
 def compare_views(cmp: dict, run_a: Run, run_b: Run) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     o = cmp["overall"]
-    text = (f"**A** = {run_a.label}  \n**B** = {run_b.label}  \n"
+    text = (f"**A** = {shown(run_a.label)}  \n**B** = {shown(run_b.label)}  \n"
             f"Overall on the {cmp['shared']:,} samples both hold (only A: {cmp['only_a']}, only B: {cmp['only_b']}): "
             f"A **{report.pct(o['a'])}%** · B **{report.pct(o['b'])}%** · B−A **{signed(o['delta'])} pts** · "
             f"{len(cmp['flipped'])} flipped ({cmp['gained']} now right, {cmp['lost']} now wrong).")
     rows = [["overall", cmp["shared"], report.pct(o["a"]), report.pct(o["b"]), signed(o["delta"])]]
-    rows += [[name, s["n"], report.pct(s["a"]), report.pct(s["b"]), signed(s["delta"])]
+    rows += [[shown(name), s["n"], report.pct(s["a"]), report.pct(s["b"]), signed(s["delta"])]
              for name, s in cmp["subjects"].items()]
-    flips = [[f["key"], f["subject"] or "", f["a"] or "—", f["b"] or "—", f["gold"] or "", f["now"]]
-             for f in cmp["flipped"][:MAX_SAMPLE_ROWS]]
+    flips = [[shown(f["key"]), shown(f["subject"]), clip(f["a"], 60) or "—", clip(f["b"], 60) or "—",
+              shown(f["gold"]), f["now"]] for f in cmp["flipped"][:MAX_SAMPLE_ROWS]]
     return text, pd.DataFrame(rows, columns=COMPARE_HEADERS), pd.DataFrame(flips, columns=FLIP_HEADERS)
 
 
