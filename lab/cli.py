@@ -2,6 +2,7 @@
 request they make, and how a command ends on a user's mistake (one sentence on stderr, exit status 2).
 
     add_model_flags(parser)                  # --model --quant --no-double-quant --device --context
+    parser.add_argument("--seed", type=number("seed"))   # the one rule for numbers: a bad value exits 2, one sentence
     manager.load(load_request(args))
     sys.exit(user_errors(main)(argv))        # a LabError: "error: <sentence>", status 2
 """
@@ -15,6 +16,7 @@ import sys
 from typing import Callable
 
 from lab.errors import LabError
+from lab.interface import check_number
 from lab.models.manager import LoadRequest
 from lab.models.registry import DEVICES, QUANTS
 
@@ -32,9 +34,22 @@ def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
                    help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
     p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
     p.add_argument("--device", default=get("LAB_DEVICE", "auto"), choices=DEVICES)
-    p.add_argument("--context", type=int, metavar="TOKENS",
+    p.add_argument("--context", type=number("context"), metavar="TOKENS",
                    help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
                         "(Qwen2.5-7B: up to 131072)")
+
+
+def number(field: str) -> Callable[[str], int | float]:
+    """An argparse `type` for a number under the one rule (`lab.interface.LIMITS[field]`): finite and in range, or
+    argparse's usage error, exit status 2, with the rule's sentence ("argument --seed: must be ...")."""
+    def parse(text: str) -> int | float:
+        try:
+            return check_number(field, text, "it")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{str(e).removeprefix('it ')}.") from None
+
+    parse.__name__ = field  # argparse names the type in some messages
+    return parse
 
 
 def load_request(args: argparse.Namespace, model: str | None = None, quant: str | None = None) -> LoadRequest:

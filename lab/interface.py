@@ -32,28 +32,35 @@ MAX_NEW_TOKENS = 2**20  # above any context this project serves (Qwen2.5 with Ya
 
 @dataclass(frozen=True)
 class Limit:
-    """A number's range: low..high inclusive (`above`: low itself excluded); `whole`: an integer."""
+    """A number's range: low..high inclusive (`above`: low itself excluded); `whole`: an integer; `also`: one more
+    value outside the range that is accepted (temperature's 0, greedy)."""
 
     low: int | float
     high: int | float
     whole: bool = False
     above: bool = False
+    also: int | float | None = None
 
     def describe(self) -> str:
         def show(x) -> str:
             return f"{x:,}" if self.whole else f"{x:g}"
 
         kind = "a whole number" if self.whole else "a number"
-        return (f"{kind} above {show(self.low)} and at most {show(self.high)}" if self.above
+        span = (f"{kind} above {show(self.low)} and at most {show(self.high)}" if self.above
                 else f"{kind} from {show(self.low)} to {show(self.high)}")
+        return span if self.also is None else f"{show(self.also)} or {span}"
+
+    def holds(self, x: int | float) -> bool:
+        return x == self.also or ((self.low < x if self.above else self.low <= x) and x <= self.high)
 
 
 LIMITS: dict[str, Limit] = {
     # sampling (SamplingParams; the API's names map onto these)
-    "temperature": Limit(0, 2),  # OpenAI's range; 0 is greedy
+    # OpenAI's range; 0 is greedy, and a temperature near 0 divides logits into infinities
+    "temperature": Limit(0.01, 2, also=0),
     "top_p": Limit(0, 1, above=True),
     "top_k": Limit(0, 1_000_000, whole=True),  # 0 is off; past the vocabulary it is off too
-    "repetition_penalty": Limit(0, 10, above=True),  # 1 is off
+    "repetition_penalty": Limit(0.01, 10),  # 1 is off; nearer 0 it divides logits into infinities
     "max_new_tokens": Limit(1, MAX_NEW_TOKENS, whole=True),
     "seed": Limit(0, SEED_MAX, whole=True),
     "frequency_penalty": Limit(-2, 2),  # OpenAI's range (lab.serve then refuses any but 0)
@@ -61,7 +68,7 @@ LIMITS: dict[str, Limit] = {
     "logprobs": Limit(0, 20, whole=True),  # OpenAI's legacy completions: alternatives per token
     "max_tokens": Limit(0, MAX_NEW_TOKENS, whole=True),  # the API's max_new_tokens; 0: a completion scores only
     # models and servers
-    "context": Limit(1, MAX_NEW_TOKENS, whole=True),
+    "context": Limit(512, MAX_NEW_TOKENS, whole=True),  # tokens; below 512 a chat template hardly fits
     "port": Limit(1, 65535, whole=True),
     # evaluations
     "shots": Limit(0, 5, whole=True),  # the dev split has 5 questions a subject
@@ -86,8 +93,7 @@ def check_number(field: str, value, name: str | None = None):
         number = int(number)
     kind = int if limit.whole else (int, float)
     if (not isinstance(number, kind) or isinstance(number, bool) or (isinstance(number, float) and not
-            math.isfinite(number)) or not (limit.low < number if limit.above else limit.low <= number)
-            or number > limit.high):
+            math.isfinite(number)) or not limit.holds(number)):
         whole_float = isinstance(value, float) and value.is_integer() and abs(value) < 1e16
         shown = value if isinstance(value, str) else str(int(value)) if whole_float else repr(value)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -102,6 +108,25 @@ def _parse(text: str) -> int | float | None:
         except ValueError:
             pass
     return None
+
+
+def lone_surrogate(value) -> bool:
+    """Whether any string in `value` (text, or JSON-like lists and dicts, keys included) holds a lone surrogate:
+    what JSON's "\\ud800" escape can spell and no tokenizer or UTF-8 encoder takes. The API, the page and the
+    Compare tab refuse such text in one sentence before it reaches a model."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, (list, tuple)):
+            stack += v
+    return False
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lab.chat.presets import system_presets
 from lab.errors import LabError
-from lab.interface import Message, SamplingParams, check_number
+from lab.interface import Message, SamplingParams, check_number, lone_surrogate
 
 MIN_PANES, MAX_PANES = 2, 4
 SLOT = "{input}"
@@ -145,4 +145,6 @@ def parse_variants(items: object, presets: dict[str, str] | None = None) -> list
 def check_input(user_input: str | None) -> str:
     if not user_input or not user_input.strip():
         raise LabError("The input is empty; type what every variant should answer.")
+    if lone_surrogate(user_input):
+        raise LabError("The input holds text that is not valid Unicode (a lone surrogate); remove it.")
     return user_input

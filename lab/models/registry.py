@@ -14,11 +14,12 @@ from pathlib import Path
 
 from lab import runtime
 from lab.errors import LabError
+from lab.interface import LIMITS
 
 QUANTS = ("auto", "4bit", "8bit", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
 TINY = "tiny-random"
-MIN_CONTEXT = 512
+MIN_CONTEXT = LIMITS["context"].low  # the one rule for numbers (lab.interface)
 
 # Only what from_pretrained needs; no *.bin/*.pth duplicates, no remote code.
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]

@@ -5,19 +5,24 @@ lm-evaluation-harness) can use a model this project loads, a bitsandbytes-quanti
     python -m lab.serve --model Qwen2.5-7B-Instruct --quant 4bit --port 8000 --api-key secret
     python app.py --api                                     # the same routes beside the page
 
-Bodies are read by `lab.serve.requests`, replies written by `lab.serve.replies`; every error is OpenAI's
-{"error": {"message", "type", "param", "code"}} with one sentence. One generation at a time per model; a client
-that disconnects stops its generation at the next decode step.
+Bodies are read by `lab.serve.requests`, replies written by `lab.serve.replies`; every error, whatever its status
+(400, 401, 404, 405, 413, 500, 503), is OpenAI's {"error": {"message", "type", "param", "code"}} with one sentence.
+One generation at a time per model; a client that disconnects, streaming or not, stops its generation at the next
+decode step. With `login` (app.py's --auth), /v1 takes that login as HTTP Basic, besides the key.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import contextlib
 import hmac
 import sys
 import threading
 import time
+import traceback
 import typing
 from dataclasses import replace
 
@@ -26,9 +31,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from lab.errors import LabError
-from lab.interface import TokenLogprobs
+from lab.interface import MAX_NEW_TOKENS, TokenLogprobs
 from lab.pump import END, TICK, Pump
 from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_message, finish_reason, new_id, openai_calls,
                                sse, usage)
@@ -36,10 +42,46 @@ from lab.serve.requests import ChatCompletionBody, CompletionBody, TokenizeBody,
 
 GRACE_S = 3  # on Ctrl-C or SIGTERM, open streams (a page's event stream, a long reply) get this long to end
 ROUTES = "/v1/chat/completions, /v1/completions, /v1/models, /tokenize and /health"
+API_PATHS = ("/v1/", "/tokenize")  # what the body limit guards (beside the page, Gradio's uploads are its own)
+MAX_BODY_BYTES = 16 * 2**20  # a 128K-token conversation is under 1 MiB of text
 
 
 def _reply(e: ApiError, headers: typing.Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+    return JSONResponse(e.body(), status_code=e.status, headers=headers or e.headers)
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"The request body is over {MAX_BODY_BYTES // 2**20} MiB; send a shorter one.")
+
+
+class _BodyLimit:
+    """ASGI middleware: an API request body over MAX_BODY_BYTES is a 413, whether it says its length or not. The
+    body is read here first (the routes read it whole anyway), then handed on as one message."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PATHS):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return await _reply(_too_large())(scope, receive, send)
+        chunks, size, message = [], 0, {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before its body was in
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                return await _reply(_too_large())(scope, receive, send)
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return body.pop() if body else await receive()  # then the disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
 
 def _body_model(request: Request) -> type[BaseModel] | None:
@@ -49,40 +91,84 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     return next((t for t in hints.values() if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
-async def _next(pump: Pump, cancel: threading.Event, request: Request | None = None):
-    """The work's next item or END, awaited off the event loop; its LabError comes back as a 400. With
-    `request`, a client that went away cancels the generation (checked at every item, not only when idle)."""
+async def _next(pump: Pump):
+    """The work's next item or END, awaited off the event loop; its LabError comes back as a 400."""
     while True:
         try:
             item = await asyncio.to_thread(pump.get, 0.5)
         except LabError as e:
             raise ApiError(400, str(e)) from None
-        if request is not None and await request.is_disconnected():
-            cancel.set()
         if item is not TICK:
             return item
 
 
-def build_api(manager, api_key: str | None = None) -> FastAPI:
-    """The /v1 routes over a `lab.models.manager.ModelManager` (whatever model it holds when a request comes)."""
+@contextlib.asynccontextmanager
+async def _cancelled_on_disconnect(request: Request, cancel: threading.Event):
+    """While the block runs, a client that goes away sets `cancel` at once, so the model stops at its next decode
+    step. The route has read the body, so the next message the server gives is the disconnect."""
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancel.set()
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def _failed(e: BaseException) -> ApiError:
+    """A failure that is not the client's, as one sentence (the traceback goes to the server's log, not the client)."""
+    return ApiError(500, f"The server failed on this request ({type(e).__name__}); its log has the details.",
+                    type="server_error")
+
+
+def _login_matches(token: str, login: tuple[str, str]) -> bool:
+    try:
+        user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(user.encode(), login[0].encode()) & hmac.compare_digest(password.encode(),
+                                                                                      login[1].encode())
+
+
+def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None = None) -> FastAPI:
+    """The /v1 routes over a `lab.models.manager.ModelManager` (whatever model it holds when a request comes).
+    `api_key`: every route but /health wants 'Authorization: Bearer KEY'; `login` (user, password): they take
+    that login as HTTP Basic too (the page's --auth), and with a login and no key, only the login."""
     # Not strict: a body sent without a Content-Type is read as JSON still; one declared as another type is refused.
     app = FastAPI(title="Qwen Lab OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None,
                   strict_content_type=False)
+    app.add_middleware(_BodyLimit)
     started = int(time.time())
 
     def check_key(request: Request) -> None:
-        if api_key is None:
+        if api_key is None and login is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        scheme = scheme.lower()
+        if api_key is not None and scheme == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                              api_key.encode()):
+            return
+        if login is not None and scheme == "basic" and _login_matches(token, login):
+            return
+        if login is None:
             raise ApiError(401, "The API key is missing or wrong; send it as 'Authorization: Bearer KEY'.",
                            code="invalid_api_key")
+        key = " or the API key as 'Authorization: Bearer KEY'" if api_key is not None else ""
+        raise ApiError(401, f"This API needs the page's login (--auth); send it as HTTP Basic (curl -u USER:PASS){key}.",
+                       code="invalid_api_key", headers={"WWW-Authenticate": 'Basic realm="Qwen Lab"'})
 
     auth = [Depends(check_key)]
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
         return _reply(e)
+
+    @app.exception_handler(Exception)
+    async def on_failure(request: Request, e: Exception) -> JSONResponse:  # Starlette logs the traceback after
+        return _reply(_failed(e))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -102,6 +188,13 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
         else:
             message = f"{str(e.detail).rstrip('.')}."
         return _reply(ApiError(e.status_code, message), e.headers)
+
+    def unknown(request: Request) -> None:
+        """A path under the API's that no route (or no route for this method) answers: 404 or 405, not the page's
+        own 404 when the page is mounted beside the API at "/"."""
+        allow = sorted({m for r in app.router.routes if r.name != "unknown" and getattr(r, "methods", None)
+                        and r.matches(request.scope)[0] != Match.NONE for m in r.methods})
+        raise HTTPException(405, headers={"Allow": ", ".join(allow)}) if allow else HTTPException(404)
 
     def served(requested: str | None = None):
         try:
@@ -143,7 +236,7 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                 out["tokens"] = model.encode(text)
             return out
 
-        return await _next(Pump(lambda put: put(count()), name="lab-serve"), threading.Event())
+        return await _next(Pump(lambda put: put(count()), name="lab-serve"))
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatCompletionBody, request: Request):
@@ -155,7 +248,7 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
             max_tokens = req.max_tokens
             if max_tokens is None:  # as vLLM: whatever the context leaves after the prompt
                 used = model.count_chat_tokens(req.messages, req.tools)
-                max_tokens = model.info.context_length - used
+                max_tokens = min(model.info.context_length - used, MAX_NEW_TOKENS)
                 if max_tokens < 1:
                     raise LabError(f"The messages take {used:,} tokens, which fills {name}'s context of "
                                    f"{model.info.context_length:,} tokens; shorten them.")
@@ -164,12 +257,17 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                 put(chunk)
 
         pump = Pump(work, name="lab-serve")
-        item = await _next(pump, cancel, request)  # an error before the first token: a plain error reply
+        try:
+            async with _cancelled_on_disconnect(request, cancel):
+                item = await _next(pump)  # an error before the first token: a plain error reply
+                text, stats = "", None
+                while not req.stream and item is not END:
+                    text, stats = text + item.text, item.stats or stats
+                    item = await _next(pump)
+        except BaseException:
+            cancel.set()
+            raise
         if not req.stream:
-            text, stats = "", None
-            while item is not END:
-                text, stats = text + item.text, item.stats or stats
-                item = await _next(pump, cancel, request)
             message, called = chat_message(text, req.tools)
             return {"id": rid, "object": "chat.completion", "created": created, "model": name,
                     "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -191,9 +289,11 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
                         if piece:
                             yield chunk({"content": piece})
                         stats = item.stats or stats
-                        item = await _next(pump, cancel)
+                        item = await _next(pump)
                 except Exception as e:  # the reply has begun: the error is its last event
-                    yield sse((e if isinstance(e, ApiError) else ApiError(500, str(e))).body())
+                    if not isinstance(e, ApiError):
+                        traceback.print_exception(e, file=sys.stderr)
+                    yield sse((e if isinstance(e, ApiError) else _failed(e)).body())
                 else:
                     rest = stream.finish()
                     if rest:
@@ -216,7 +316,12 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
         model = served(req.model)
         rid, created, name, cancel = new_id("cmpl"), int(time.time()), model.info.name, threading.Event()
         pump = Pump(lambda put: put(_complete(model, req, cancel)), name="lab-serve")
-        choices, used = await _next(pump, cancel, request)
+        try:
+            async with _cancelled_on_disconnect(request, cancel):
+                choices, used = await _next(pump)
+        except BaseException:
+            cancel.set()
+            raise
         reply = {"id": rid, "object": "text_completion", "created": created, "model": name, "choices": choices,
                  "usage": usage(*used)}
         if not req.stream:
@@ -231,6 +336,9 @@ def build_api(manager, api_key: str | None = None) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    for path in ("/v1/{rest:path}", "/tokenize", "/health"):  # last: the routes above match first
+        app.add_api_route(path, unknown, methods=methods, include_in_schema=False, name="unknown")
     return app
 
 
@@ -243,6 +351,8 @@ def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[in
     context = model.info.context_length
     counts = [model.count_tokens(p) for p in req.prompts]
     for i, n in enumerate(counts):
+        if n == 0 and (req.max_tokens or req.logprobs is not None):  # nothing to continue or to score
+            raise ApiError(400, f"Prompt {i + 1} is empty; a completion continues text, so send some.", param="prompt")
         if n + req.max_tokens > context:
             raise ApiError(400, f"Prompt {i + 1} ({n:,} tokens) plus max_tokens ({req.max_tokens:,}) exceeds "
                                 f"{model.info.name}'s context of {context:,} tokens; shorten it.", param="prompt")
@@ -272,28 +382,38 @@ def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[in
     return choices, (sum(counts), generated)
 
 
-def launch_with_api(demo, manager, *, host: str, port: int, api_key: str | None = None, **gradio_kwargs) -> None:
+def launch_with_api(demo, manager, *, host: str, port: int, api_key: str | None = None,
+                    auth: tuple[str, str] | None = None, **gradio_kwargs) -> None:
     """Serve the Gradio page and the /v1 routes on one port (`python app.py --api`): the page is mounted
-    onto the API's FastAPI app, which uvicorn runs. `gradio_kwargs` go to `gr.mount_gradio_app`."""
-    import gradio as gr
+    onto the API's FastAPI app, which uvicorn runs. `auth` (user, password) guards both: the page by its login
+    form, /v1 by HTTP Basic with the same login (or `api_key`). `gradio_kwargs` go to `gr.mount_gradio_app`."""
     import uvicorn
 
-    app = build_api(manager, api_key)
-    app = gr.mount_gradio_app(app, demo, path="/", server_name=host, server_port=port, **gradio_kwargs)
+    app = build_mounted(demo, manager, api_key=api_key, auth=auth, server_name=host, server_port=port,
+                        **gradio_kwargs)
     print(f"* Running on local URL:  http://{host}:{port}/  (OpenAI-compatible API at /v1)", file=sys.stderr,
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE_S)
 
 
+def build_mounted(demo, manager, *, api_key: str | None = None, auth: tuple[str, str] | None = None,
+                  **gradio_kwargs) -> FastAPI:
+    """The API's FastAPI app with the Gradio page mounted at "/" (what `launch_with_api` runs)."""
+    import gradio as gr
+
+    app = build_api(manager, api_key, login=auth)
+    return gr.mount_gradio_app(app, demo, path="/", auth=auth, **gradio_kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from lab.cli import add_model_flags
+    from lab.cli import add_model_flags, number
 
     p = argparse.ArgumentParser(prog="python -m lab.serve",
                                 description="Serve a model over an OpenAI-compatible API (/v1/chat/completions, "
                                             "/v1/completions, /v1/models).")
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; the default serves this machine only")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=number("port"), default=8000)
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every /v1 request")
     return p
 

@@ -19,9 +19,9 @@ class ApiError(Exception):
     """An error reply: HTTP status and OpenAI's {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
         self.type = type or {401: "authentication_error", 404: "invalid_request_error"}.get(
             status, "invalid_request_error" if status < 500 else "server_error")
 

@@ -22,14 +22,14 @@ from typing import Annotated, Any, ClassVar
 
 from annotated_types import Ge, Le
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
-from pydantic_core import PydanticCustomError
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
+from pydantic_core import PydanticCustomError, core_schema
 
 from lab.chat.conversation import parse_history
 from lab.chat.json_mode import check_schema
 from lab.chat.tools import load_tools
 from lab.errors import LabError
-from lab.interface import LIMITS, Message, SamplingParams, check_number
+from lab.interface import LIMITS, Message, SamplingParams, check_number, lone_surrogate
 from lab.serve.replies import ApiError
 
 REFUSED = "refused"  # the type of a validation error whose message is already the reply's sentence
@@ -52,39 +52,36 @@ def unsupported(sentence: str, param: str | None = None) -> AfterValidator:
     return AfterValidator(check)
 
 
-def limited(field: str, name: str | None = None, off: int | None = None) -> AfterValidator:
-    """Field metadata: the number's range from `lab.interface.LIMITS[field]`, refused in that rule's sentence;
-    `name`: the API's name for it; `off`: a value outside the range that is accepted as it is (top_k's -1)."""
-    name = name or field
+@dataclass(frozen=True)
+class limited:  # noqa: N801  (field metadata, read like a function)
+    """Field metadata: the number's range from `lab.interface.LIMITS[field]`, refused in that rule's sentence and
+    stated in the OpenAPI schema; `name`: the API's name for it; `off`: a value below the range that is accepted
+    as it is (top_k's -1)."""
 
-    def check(value):
-        if value is None or (off is not None and value == off):
+    field: str
+    name: str | None = None
+    off: int | None = None
+
+    def check(self, value):
+        if value is None or (self.off is not None and value == self.off):
             return value
+        name = self.name or self.field
         try:
-            return check_number(field, value, f"'{name}'")
+            return check_number(self.field, value, f"'{name}'")
         except ValueError as e:
-            if off is not None:
-                raise refuse(f"'{name}' must be {off} (off) or {LIMITS[field].describe()}, got {value!r}.") from None
+            if self.off is not None:
+                raise refuse(f"'{name}' must be {self.off} (off) or {LIMITS[self.field].describe()}, "
+                             f"got {value!r}.") from None
             raise refuse(f"{e}.") from None
 
-    return AfterValidator(check)
+    def __get_pydantic_core_schema__(self, source, handler):
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
-
-def _lone_surrogate(value) -> bool:
-    """Whether any string in `value` (a JSON value: nested lists and objects, keys included) has a lone surrogate."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(v, dict):
-            stack += [*v.keys(), *v.values()]
-        elif isinstance(v, list):
-            stack += v
-    return False
+    def __get_pydantic_json_schema__(self, schema, handler):
+        out, limit = handler(schema), LIMITS[self.field]
+        low = min(x for x in (self.off, limit.also, limit.low) if x is not None)
+        out.update({"exclusiveMinimum" if limit.above and low == limit.low else "minimum": low, "maximum": limit.high})
+        return out
 
 
 @dataclass(frozen=True)
@@ -102,6 +99,10 @@ def _whole(value):
 Int = Annotated[int, BeforeValidator(_whole)]
 MESSAGES = "'messages' must be a non-empty list of {\"role\", \"content\"} messages."
 CHAT_LOGPROBS = "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."
+MESSAGES_SCHEMA = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role", "content"],
+    "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+                   "content": {"type": ["string", "null"]}}}}
 PROMPT = "'prompt' must be a string or a non-empty list of strings (token ids are not accepted)."
 
 
@@ -114,9 +115,9 @@ class _Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unicode(cls, data):
-        if isinstance(data, dict) and _lone_surrogate(data):
-            key = next((k for k, v in data.items() if _lone_surrogate(v)), None)
-            clean = isinstance(key, str) and not _lone_surrogate(key)
+        if isinstance(data, dict) and lone_surrogate(data):
+            key = next((k for k, v in data.items() if lone_surrogate(v)), None)
+            clean = isinstance(key, str) and not lone_surrogate(key)
             raise refuse(f"{repr(key) if clean else 'The request body'} holds text that is not valid Unicode (a lone "
                          "surrogate, such as \\ud800 unpaired); send UTF-8 text.", key if clean else None)
         return data
@@ -241,7 +242,7 @@ class ChatRequest:
 class ChatCompletionBody(_Sampling):
     """POST /v1/chat/completions. After validation `messages`, `tools` and `response_format` are normalized."""
 
-    messages: Annotated[list, Otherwise(MESSAGES), AfterValidator(_messages)]
+    messages: Annotated[list, Otherwise(MESSAGES), AfterValidator(_messages), WithJsonSchema(MESSAGES_SCHEMA)]
     logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
     top_logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
     response_format: Annotated[Any, AfterValidator(_response_format)] = None

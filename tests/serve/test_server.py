@@ -143,7 +143,7 @@ def test_errors_have_openais_shape_and_status(client, server):
     assert "JSON Schema is invalid" in _error(e)["message"] and _error(e)["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny-random", prompt="x", logprobs=21)
-    assert "'logprobs' must be between 0 and 20" in _error(e)["message"]
+    assert "'logprobs' must be a whole number from 0 to 20" in _error(e)["message"]
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=HELLO)
     assert _error(e)["code"] == "model_not_found"
@@ -183,7 +183,7 @@ def test_bodies_that_are_not_json_objects_are_refused(server):
 def test_invalid_fields_name_their_param(server):
     r = httpx.post(server + "/v1/chat/completions", headers=AUTH, json={"messages": HELLO, "temperature": -1})
     assert r.status_code == 400 and r.json()["error"] == {
-        "message": "'temperature' must be at least 0, got -1.", "type": "invalid_request_error",
+        "message": "'temperature' must be 0 or a number from 0.01 to 2, got -1.", "type": "invalid_request_error",
         "param": "temperature", "code": None}
     r = httpx.post(server + "/v1/completions", headers=AUTH, json={"prompt": [1, 2], "max_tokens": 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
@@ -232,3 +232,36 @@ def test_app_api_serves_v1_beside_the_page():
         page = Client(url + "/", verbose=False)
         assert page.predict(message="Say hello. 你好", system_prompt="Be brief.", temperature=0, max_new_tokens=6,
                             api_name="/chat") == reply.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_app_auth_guards_v1_beside_the_page():
+    """`app.py --auth alice:s3cret --api` without --api-key: /v1 takes the same login as HTTP Basic, nothing else."""
+    import base64
+
+    from gradio_client import Client
+
+    login = ("alice", "s3cret")
+    basic = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+    with serving(["app.py", "--model", "tiny-random", "--api", "--auth", ":".join(login)], "app-auth-server.log",
+                 ready_path="/health") as url:
+        for r in (httpx.get(url + "/v1/models"), httpx.get(url + "/v1/models", auth=("alice", "wrong")),
+                  httpx.post(url + "/v1/chat/completions", json={"messages": HELLO}),
+                  httpx.post(url + "/tokenize", json={"prompt": "x"}),
+                  httpx.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"})):
+            assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+            assert r.headers["www-authenticate"].startswith("Basic")
+        with pytest.raises(openai.AuthenticationError):  # an SDK client with a made-up key
+            openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0).models.list()
+        # The SDK with the login as its Authorization header (it replaces the Bearer one), and curl -u alike.
+        api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, default_headers=basic)
+        reply = api.chat.completions.create(model="tiny-random", messages=HELLO, max_tokens=4, temperature=0)
+        assert reply.choices[0].message.role == "assistant"
+        assert httpx.get(url + "/v1/models", auth=login).json()["data"][0]["id"] == "tiny-random"
+        r = httpx.get(url + "/v1/engines", auth=login)
+        assert r.status_code == 404 and r.json()["error"]["message"].startswith("There is no route /v1/engines")
+        # The page wants the same login.
+        with pytest.raises(Exception):
+            Client(url + "/", verbose=False)
+        page = Client(url + "/", auth=login, verbose=False)
+        assert page.predict(api_name="/model_info")["name"] == "tiny-random"
