@@ -36,11 +36,15 @@ def declared() -> set[str]:
 def imported_libraries() -> set[str]:
     found = set()
     for path in list((ROOT / "lab").rglob("*.py")) + [ROOT / "app.py"]:
+        names = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
+                names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
+                names.add(node.module.split(".")[0])
+        # A module beside the importer, imported by its bare name (the sandbox's harness runs standalone,
+        # with its own folder on the path), is part of the project, not a library.
+        found |= {n for n in names if not (path.parent / f"{n}.py").is_file()}
     return {m for m in found if m not in sys.stdlib_module_names and m not in ("lab", "__future__")} - OPTIONAL
 
 

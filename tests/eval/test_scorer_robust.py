@@ -3,102 +3,68 @@ surrogates, NUL or megabytes) ends as that sample's "error" or verdict, and the 
 
 import json
 import sqlite3
-import threading
 
 import pytest
 
-from lab.eval import checks, sandbox
+from lab.eval import sandbox
 from lab.eval.runner import EvalRequest, Runner
 from lab.eval.store import RunStore
 from tests.conftest import run_cli
 
-OK = sandbox.ExecResult("passed", "passed", 0, "", "", 0.01)
+REAL_CHECK = sandbox.check_completion
 
 
-def fake_checks(monkeypatch, behave):
-    """sandbox.run_checks (what the scorer calls) replaced by one with its contract and its old failing: each
-    job's result is `behave(prompt, completion, entry_point)`, and when that raises, the whole call raises (as
-    run_checks did when one job's check raised), whatever the sandbox itself now does about it."""
+def raising_check(monkeypatch, raise_for):
+    """The real sandbox, except that checking a job `raise_for(completion, entry_point)` picks raises (as a
+    check that cannot start a process, or any bug, would); returns the completions checked."""
     calls = []
 
-    def run_checks(jobs, limits=sandbox.Limits(), workers=None, on_result=None, cancel=None):
-        results = [None] * len(jobs)
-        for i, (prompt, completion, test, entry_point) in enumerate(jobs):
-            if cancel is not None and cancel.is_set():
-                break
-            calls.append(completion)
-            results[i] = behave(prompt, completion, entry_point)
-            if on_result is not None:
-                on_result(i, results[i])
-        return results
+    def check(prompt, completion, test, entry_point, limits=sandbox.Limits()):
+        calls.append(completion)
+        error = raise_for(completion, entry_point)
+        if error is not None:
+            raise error
+        return REAL_CHECK(prompt, completion, test, entry_point, limits)
 
-    monkeypatch.setattr(sandbox, "run_checks", run_checks)
+    monkeypatch.setattr(sandbox, "check_completion", check)
     return calls
 
 
-def boom(prompt, completion, entry_point):
-    if "BOOM" in completion:
-        raise RecursionError("maximum recursion depth exceeded while calling a Python object")
-    return OK
+def boom(completion, entry_point):
+    return RecursionError("maximum recursion depth exceeded\nwhile calling a Python object") \
+        if "BOOM" in completion else None
 
 
 def jobs(*completions):
-    return [("def f():\n", c, "def check(f):\n    pass\n", "f") for c in completions]
+    return [("def f():\n", c, "def check(f):\n    assert f() == 1\n", "f") for c in completions]
 
 
-def test_a_check_that_raises_is_that_jobs_error_and_every_other_job_still_gets_its_result(monkeypatch):
-    fake_checks(monkeypatch, boom)
+def test_a_check_that_raises_is_that_jobs_error_and_every_other_job_still_gets_its_verdict(monkeypatch):
+    raising_check(monkeypatch, boom)
     seen = []
-    results = checks.check_all(jobs("a", "b", "BOOM", "c", "d"), sandbox.Limits(), workers=2,
-                               on_result=lambda i, r: seen.append(i))
-    assert [r.status for r in results] == ["passed", "passed", "error", "passed", "passed"]
-    assert results[2].detail == ("the check raised RecursionError: maximum recursion depth exceeded while calling a "
-                                 "Python object")
-    assert sorted(seen) == [0, 1, 2, 3, 4]  # on_result once per job, the failed one included
+    results = sandbox.run_checks(jobs("    return 1\n", "    return 2\n", "BOOM", "    return 1\n"),
+                                 sandbox.Limits(timeout_s=5), workers=2, on_result=lambda i, r: seen.append(i))
+    assert [r.status for r in results] == ["passed", "failed", "error", "passed"]
+    assert results[2].detail == ("the check raised RecursionError: maximum recursion depth exceeded while calling "
+                                 "a Python object")  # one line, whatever the exception held
+    assert sorted(seen) == [0, 1, 2, 3]  # on_result once per job, the failed one included
 
 
-@pytest.mark.parametrize("bad, why", [
-    (None, "returned NoneType, not a result"),
-    ({"status": "passed"}, "returned dict, not a result"),
-    (sandbox.ExecResult("ok", "fine", 0, "", "", 0.1), "unknown status 'ok'"),
-    (sandbox.ExecResult("passed", None, 0, "", "", 0.1), "detail or output is not text"),
-    (sandbox.ExecResult("failed", "x", "1", "", "", 0.1), "exit code '1'"),
-    (sandbox.ExecResult("failed", "x", 1, "", "", None), "duration None"),
-])
-def test_a_malformed_result_is_an_error_with_a_reason_never_a_pass(monkeypatch, bad, why):
-    fake_checks(monkeypatch, lambda p, c, e: bad if c == "bad" else OK)
-    results = checks.check_all(jobs("ok", "bad", "ok"), sandbox.Limits(), workers=1)
-    assert [r.status for r in results] == ["passed", "error", "passed"]
-    assert why in results[1].detail and not results[1].passed
+def test_a_reason_over_several_lines_is_shown_on_one():
+    r = sandbox.run_checks([("def f():\n", "    raise ValueError('first\\nsecond')\n",
+                             "def check(f):\n    assert f() == 1, 'one\\ntwo'\n", "f"),
+                            ("def f():\n", "    return 2\n", "def check(f):\n    assert f() == 1, 'one\\ntwo'\n", "f")],
+                           sandbox.Limits(timeout_s=5))
+    assert [x.detail for x in r] == ["ValueError: first", "AssertionError: one"]
 
 
-def test_a_reason_over_several_lines_is_shown_on_one(monkeypatch):
-    fake_checks(monkeypatch, lambda p, c, e: sandbox.ExecResult("failed", "Traceback:\n  line 1\nValueError", 1, "",
-                                                              "", 0))
-    assert checks.check_all(jobs("x"), sandbox.Limits())[0].detail == "Traceback: line 1 ValueError"
-
-
-def test_what_the_caller_raises_is_not_taken_for_a_jobs_failure(monkeypatch):
-    calls = fake_checks(monkeypatch, lambda p, c, e: OK)
-
+def test_what_the_caller_raises_is_not_taken_for_a_jobs_failure():
     def on_result(i, r):
         raise sqlite3.OperationalError("database is locked")
 
     with pytest.raises(sqlite3.OperationalError, match="locked"):
-        checks.check_all(jobs("a", "b"), sandbox.Limits(), workers=1, on_result=on_result)
-    assert len(calls) <= 2  # not checked over again as if a job had raised
-
-
-def test_jobs_cancel_kept_from_starting_stay_none(monkeypatch):
-    cancel = threading.Event()
-
-    def behave(prompt, completion, entry_point):
-        cancel.set()
-        return OK
-
-    fake_checks(monkeypatch, behave)
-    results = checks.check_all(jobs("a", "b", "c"), sandbox.Limits(), workers=1, cancel=cancel)
-    assert results[0] is OK and results[1:] == [None, None]
+        sandbox.run_checks(jobs("    return 1\n", "    return 1\n"), sandbox.Limits(timeout_s=5), workers=1,
+                           on_result=on_result)
 
 
 def samples_file(path, rows):
@@ -109,9 +75,12 @@ def samples_file(path, rows):
 
 
 def test_score_file_with_a_check_that_raises_finishes_and_saves_that_sample_as_error(monkeypatch, tmp_path, data_dir):
-    calls = fake_checks(monkeypatch, boom)
-    path = samples_file(tmp_path / "s.jsonl", [("HumanEval/0", "    return 0\n"), ("HumanEval/1", "BOOM"),
-                                               ("HumanEval/2", "    return 2\n")])
+    from lab.eval.data import read_problems
+
+    canonical = {p.task_id: p.canonical_solution for p in read_problems(data_dir / "humaneval" / "HumanEval.jsonl.gz")}
+    calls = raising_check(monkeypatch, boom)
+    path = samples_file(tmp_path / "s.jsonl", [("HumanEval/0", canonical["HumanEval/0"]), ("HumanEval/1", "BOOM"),
+                                               ("HumanEval/2", canonical["HumanEval/2"])])
     store = RunStore.open(tmp_path / "runs")
     result = Runner(store).score_file(str(path), EvalRequest("humaneval", workers=2))
     assert result.status == "finished" and store.get(result.run_id).status == "finished"
@@ -126,19 +95,17 @@ def test_score_file_with_a_check_that_raises_finishes_and_saves_that_sample_as_e
 
 
 def test_a_model_run_with_a_check_that_raises_finishes_with_that_sample_as_error(monkeypatch, tmp_path, tiny):
-    def behave(prompt, completion, entry_point):
-        if entry_point == "separate_paren_groups":  # HumanEval/1's, whatever the random model wrote
-            raise OSError("status pipe: bad record")
-        return OK
+    def behave(completion, entry_point):  # HumanEval/1's, whatever the random model wrote
+        return OSError("status pipe: bad record") if entry_point == "separate_paren_groups" else None
 
-    fake_checks(monkeypatch, behave)
+    raising_check(monkeypatch, behave)
     store = RunStore.open(tmp_path)
     res = Runner(store).run(tiny, EvalRequest("humaneval", subjects=["0", "1", "2"], max_new_tokens=4, workers=1,
                                               mode="completion"))
     assert res.status == "finished" and store.get(res.run_id).status == "finished" and len(res.samples) == 3
-    assert [s.detail["status"] for s in res.samples] == ["passed", "error", "passed"]
+    assert [s.detail["status"] == "error" for s in res.samples] == [False, True, False]  # the others: real verdicts
     assert res.samples[1].detail["result"] == "the check raised OSError: status pipe: bad record"
-    assert not res.samples[1].correct and res.summary["statuses"] == {"passed": 2, "error": 1}
+    assert not res.samples[1].correct and res.summary["statuses"]["error"] == 1
 
 
 # ---- end to end: the CLI on a hostile samples file, in the real sandbox ---------------------------------------------
@@ -175,7 +142,7 @@ def test_cli_scores_a_hostile_samples_file_to_the_end_and_stores_every_string_ex
     for tid, completion in rows:
         s = samples[f"{tid}#0"]
         assert s.extracted == completion and s.output == completion  # stored whole and exact
-        assert s.detail["status"] in checks.STATUSES and s.detail["result"].strip()  # a verdict and a reason
+        assert s.detail["status"] in ("passed", "failed", "timeout", "error") and s.detail["result"].strip()  # a verdict and a reason
         assert "\n" not in s.detail["result"]
     assert samples["HumanEval/6#0"].correct and samples["HumanEval/7#0"].correct  # the normal ones still pass
     assert run.summary["overall"]["samples"] == len(rows)

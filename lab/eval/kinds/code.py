@@ -13,9 +13,9 @@ How a reply becomes a completion (text such that prompt + completion is the prog
   stub (the prompt ends inside a function whose body is only its docstring, which is valid Python).
   Otherwise the code is taken as the function's body: dedented, then indented by 4 spaces.
 
-`extract_completion`, `pass_at_k` and the prompt builders are pure; programs run in lab.eval.sandbox, through
-lab.eval.checks, so that every sample ends with a verdict and a reason: a check that raises, or a reply that
-cannot be read, makes that one sample an "error", saved with the rest, and the run goes on.
+`extract_completion`, `pass_at_k` and the prompt builders are pure; programs run in lab.eval.sandbox, whose
+run_checks gives every job a verdict and a reason: a check that raises, or a reply that cannot be read,
+makes that one sample an "error", saved with the rest, and the run goes on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from typing import Callable, Mapping, Sequence
 from lab import runtime
 from lab.errors import LabError
 from lab.eval import sandbox
-from lab.eval.checks import check_all, error
 from lab.eval.data import Dataset, Problem, read_samples
 from lab.eval.plan import EvalRequest, Item, Plan, Progress, customize, eval_sampling, numbered
 from lab.eval.spec import Spec
@@ -198,10 +197,10 @@ def run_batch(model, plan: Plan, todo: list[Item], seed: int, cancel) -> list[Sa
             extracted.append(extract_completion(c.text, it.payload[0], plan.mode, stops))
         except Exception as e:  # a reply that is not text: that sample is an error, not the batch
             extracted.append("")
-            failed[i] = error(f"the reply could not be read: {type(e).__name__}: {e}")
+            failed[i] = sandbox.ExecResult.error(f"the reply could not be read: {type(e).__name__}: {e}")
     jobs = [(it.payload[0].prompt, comp, it.payload[0].test, it.payload[0].entry_point)
             for i, (it, comp) in enumerate(zip(todo, extracted)) if i not in failed]
-    checked = iter(check_all(jobs, limits(spec, req), workers=req.workers, cancel=cancel))
+    checked = iter(sandbox.run_checks(jobs, limits(spec, req), workers=req.workers, cancel=cancel))
     results = [failed[i] if i in failed else next(checked) for i in range(len(todo))]
     if any(r is None for r in results):
         return None
@@ -275,6 +274,6 @@ def score_file(store: RunStore, plan: Plan, path: str, on_progress: Callable[[Pr
                 on_progress(Progress(run_id, len(samples), len(items), sum(x.correct for x in samples),
                                      time.monotonic() - t0))
 
-    check_all([(p.prompt, comp, p.test, p.entry_point) for _, p, comp in items], limits(spec, req),
-              workers=req.workers, on_result=done, cancel=cancel)
+    sandbox.run_checks([(p.prompt, comp, p.test, p.entry_point) for _, p, comp in items], limits(spec, req),
+                       workers=req.workers, on_result=done, cancel=cancel)
     return run_id, "cancelled" if cancel.is_set() else "finished"

@@ -79,6 +79,16 @@ class ExecResult:
     def passed(self) -> bool:
         return self.status == "passed"
 
+    @classmethod
+    def error(cls, reason: str) -> "ExecResult":
+        """The verdict of a job the sandbox could not judge: status "error" and the reason, on one line."""
+        return cls("error", _one_line(reason), None, "", "", 0.0)
+
+
+def _one_line(text: str, cap: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= cap else text[:cap - 1] + "…"
+
 
 def check_completion(prompt: str, completion: str, test: str, entry_point: str,
                      limits: Limits = Limits()) -> ExecResult:
@@ -132,7 +142,7 @@ def _safely(job: tuple[str, str, str, str], limits: Limits) -> ExecResult:
     try:
         return check_completion(*job, limits)
     except Exception as e:  # e.g. no more processes or descriptors on this machine: this job's verdict, not the run's
-        return ExecResult("error", f"the sandbox failed: {type(e).__name__}: {str(e)[:200]}", None, "", "", 0.0)
+        return ExecResult.error(f"the check raised {type(e).__name__}: {e}")
 
 
 _probe_lock = threading.Lock()
@@ -365,7 +375,7 @@ def _execute(program: str, part: dict, limits: Limits) -> tuple[ExecResult, dict
     code = verdict.get("exit") if type(verdict.get("exit")) is int else proc.returncode
 
     def result(state: str, detail: str, exit_code: int | None = code) -> tuple[ExecResult, dict]:
-        return ExecResult(state, detail, exit_code, out, err, duration), ready
+        return ExecResult(state, detail.replace("\r", " ").replace("\n", " "), exit_code, out, err, duration), ready
 
     if verdict.get("passed") is True:
         return result("passed", "passed", 0)

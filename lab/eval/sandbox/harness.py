@@ -176,10 +176,13 @@ def _decide(part: dict, worker: "_Worker") -> tuple[bool, str]:
     # The test's namespace: the prompt (the benchmark's own text: helpers such as `poly` come from here,
     # never from the completion), then the test, then `check` on a proxy that calls into the worker.
     scope: dict = {"__name__": "__judge__"}
-    text = part["prompt"] + "\n" + part["test"]
-    linecache.cache["<test>"] = (len(text), None, text.splitlines(True), "<test>")
     try:
-        exec(compile(text, "<test>", "exec", dont_inherit=True), scope)
+        _run_prompt(part["prompt"], scope)
+    except BaseException as e:
+        return False, f"the benchmark's own prompt could not run: {_describe(e)}"
+    linecache.cache["<test>"] = (len(part["test"]), None, part["test"].splitlines(True), "<test>")
+    try:
+        exec(compile(part["test"], "<test>", "exec", dont_inherit=True), scope)
     except BaseException as e:
         return False, f"the benchmark's own test could not run: {_describe(e)}"
     entry = part["entry_point"]
@@ -193,6 +196,19 @@ def _decide(part: dict, worker: "_Worker") -> tuple[bool, str]:
         traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
         return False, _describe(e)
     return True, "passed"
+
+
+def _run_prompt(prompt: str, scope: dict) -> None:
+    """The prompt's imports and helpers, in the judge. A prompt usually ends inside the function to complete,
+    after its docstring (valid Python); one that ends at the `def` line gets a `pass` body to stand alone."""
+    for text in (prompt, prompt.rstrip("\n") + "\n    pass\n"):
+        try:
+            code = compile(text, "<prompt>", "exec", dont_inherit=True)
+        except SyntaxError:
+            continue
+        exec(code, scope)
+        return
+    compile(prompt, "<prompt>", "exec", dont_inherit=True)  # raises the prompt's own SyntaxError
 
 
 class CandidateFailed(Exception):
