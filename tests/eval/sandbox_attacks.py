@@ -119,7 +119,8 @@ import ctypes
 _found = set()
 for _pid in ["self"] + [d for d in os.listdir("/proc") if d.isdigit()]:
     try:
-        with open(f"/proc/{_pid}/maps") as _m, open(f"/proc/{_pid}/mem" if _pid != "self" else os.devnull, "rb", 0) as _mem:
+        _source = f"/proc/{_pid}/mem" if _pid != "self" else os.devnull
+        with open(f"/proc/{_pid}/maps") as _m, open(_source, "rb", 0) as _mem:
             for _line in _m:
                 _lo, _hi = (int(x, 16) for x in _line.split()[0].split("-"))
                 _fields = _line.split()

