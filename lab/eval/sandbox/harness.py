@@ -422,14 +422,19 @@ def _limit(res: int, soft: int, hard: int) -> None:
 
 
 def _drop(header: dict) -> None:
-    if header["drop_to"] is None or os.getuid() == header["drop_to"][0]:
-        return
-    uid, gid = header["drop_to"]
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getuid() != uid or os.geteuid() != uid:
-        raise OSError("could not drop privileges")
+    """To the unprivileged uid (as root), and in any case to no capabilities at all: in a user namespace the
+    harness made itself, a forked process keeps the full set there, CAP_SYS_PTRACE included."""
+    if header["drop_to"] is not None and os.getuid() != header["drop_to"][0]:
+        uid, gid = header["drop_to"]
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise OSError("could not drop privileges")
+    if _libc is not None:
+        header_v3 = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        none = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; twice (64 bits)
+        _check(_libc.capset(header_v3, none), "drop capabilities")
 
 
 def _prctl(option: int, value: int) -> int:
