@@ -25,7 +25,7 @@ if os.environ.get("SPACE_ID"):  # a Hugging Face Space: ZeroGPU needs `spaces` i
     except ImportError:  # not installed: no ZeroGPU here, and lab.space.gpu stays a no-op
         pass
 
-from lab.cli import add_model_flags, load_request  # noqa: E402
+from lab.cli import add_model_flags, load_request, number  # noqa: E402
 from lab.errors import LabError  # noqa: E402
 
 
@@ -37,9 +37,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs-dir", help="folder of the evaluation history, lab.db (sets LAB_RUNS_DIR; default runs/)")
     p.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
                    help="address to bind; the default serves this machine only")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--port", type=number("port"), default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--auth", metavar="USER:PASS",
+                   help="require this login: the page's login form, and with --api the /v1 routes as HTTP Basic")
     p.add_argument("--api", action="store_true",
                    help="also serve the OpenAI-compatible /v1 routes of lab.serve on this port")
     p.add_argument("--api-key", metavar="KEY",

