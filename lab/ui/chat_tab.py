@@ -31,12 +31,12 @@ from lab.chat.conversation import (
 from lab.chat.presets import system_presets
 from lab.chat.tools import tool_message
 from lab.errors import LabError
-from lab.interface import ReplyStats, SamplingParams
+from lab.interface import ReplyStats, SamplingParams, lone_surrogate
 from lab.models.manager import LoadRequest, ModelManager
 from lab.models.registry import QUANTS, REGISTRY
 from lab.space import gpu
 from lab.ui.chat_tools import ReplyShape, build_panels, build_settings, call_of, display, panels
-from lab.ui.common import STREAM_INTERVAL_S, SessionCancels
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, WholeNumber, form_number
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
@@ -118,7 +118,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
                 rep = gr.Slider(0.8, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
                 max_new = gr.Slider(16, 8192, value=1024, step=16, label="Max new tokens", elem_id="max-new-tokens")
-                seed = gr.Number(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
+                seed = WholeNumber(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
                                  elem_id="seed")
             json_mode, json_schema, tools_box = build_settings()
             with gr.Accordion("Model", open=False):
@@ -126,7 +126,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 model_name = gr.Dropdown(list(REGISTRY), value=manager.model.info.name if manager.loaded else None,
                                          allow_custom_value=True, label="Model (name, Hub id or local path)")
                 quant = gr.Dropdown(list(QUANTS), value=current.quant, label="Quantization")
-                context = gr.Number(current.context, precision=0, minimum=0,
+                context = WholeNumber(current.context, precision=0, minimum=0,
                                     label="Context tokens (empty: the model's own; more: YaRN)")
                 load_btn = gr.Button("Load", elem_id="load-btn")
     settings = [temperature, top_p, top_k, rep, max_new, seed, json_mode, json_schema, tools_box]
@@ -137,6 +137,8 @@ def build_chat_tab(manager: ModelManager) -> None:
     def stream_reply(conv: Conversation, system_prompt: str, params, shape: ReplyShape, key: str):
         """Stream a reply to the conversation as it stands (its last message is the user's or a tool result)."""
         model = manager.model
+        if lone_surrogate([system_prompt, conv.messages]):
+            raise LabError("The conversation holds text that is not valid Unicode (a lone surrogate); remove it.")
         tools = shape.tools or None
         fitted = fit_to_context(system_prompt, conv.messages, lambda m: model.count_chat_tokens(m, tools),
                                 model.info.context_length, params.max_new_tokens)
@@ -273,12 +275,14 @@ def build_chat_tab(manager: ModelManager) -> None:
         return str(path)
 
     def load(name: str, quant_choice: str, context_tokens: float | None):
+        """Load another model; a failure is an error (a program calling /load_model gets it too), and the model
+        that was loaded keeps serving."""
         base = manager.request or LoadRequest()
         try:
-            manager.load(LoadRequest(name or None, quant_choice, base.device, base.double_quant,
-                                     int(context_tokens) if context_tokens else None))
+            context = form_number("context", context_tokens, "Context tokens") if context_tokens else None
+            manager.load(LoadRequest(name or None, quant_choice, base.device, base.double_quant, context))
         except LabError as e:
-            gr.Warning(str(e))
+            raise gr.Error(str(e)) from None
         return model_markdown()
 
     # ---- events -------------------------------------------------------------------------

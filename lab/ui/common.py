@@ -1,12 +1,18 @@
-"""What the tabs share: Stop per browser session, how often the page updates, and long work (an evaluation,
-variants on a benchmark) run in the background while the event that started it reports its progress."""
+"""What the tabs share: Stop per browser session, how often the page updates, a form's numbers checked by the one
+rule, and long work (an evaluation, variants on a benchmark) run in the background while the event that started it
+reports its progress."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Callable, Iterator
 
+import gradio as gr
+
+from lab.errors import LabError
+from lab.interface import check_number
 from lab.pump import Pump
 
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
@@ -35,6 +41,27 @@ class SessionCancels:
                 del self._events[key]
 
 
+class WholeNumber(gr.Number):
+    """A number box for whole numbers (`precision=0`) that hands NaN and the infinities to the handler, whose one
+    rule answers them in a sentence; Gradio's own rounding would fail on them with its exception's text."""
+
+    is_template = True  # drawn as Gradio's Number
+
+    def preprocess(self, payload):
+        if isinstance(payload, float) and not math.isfinite(payload):
+            return payload
+        return super().preprocess(payload)
+
+
+def form_number(field: str, value, label: str):
+    """A number from the page's form by the one rule (`lab.interface.LIMITS[field]`); a LabError in one sentence
+    that names it by its `label` on the page."""
+    try:
+        return check_number(field, value, label)
+    except ValueError as e:
+        raise LabError(f"{e}.") from None
+
+
 @contextlib.contextmanager
 def in_background(job: Callable[[Callable[[object], None], threading.Event], object], cancels: SessionCancels,
                   key: str, name: str = "lab-background") -> Iterator[Pump]:
@@ -52,4 +79,4 @@ def in_background(job: Callable[[Callable[[object], None], threading.Event], obj
         cancels.finish(key, event)
 
 
-__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "in_background"]
+__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "WholeNumber", "form_number", "in_background"]

@@ -34,7 +34,7 @@ from lab.eval.spec import benchmarks
 from lab.models.manager import ModelManager
 from lab.space import gpu
 from lab.ui import compare_panes as cp
-from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, in_background
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, WholeNumber, form_number, in_background
 
 BENCH_UPDATE_S = 0.25
 
@@ -95,10 +95,10 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         with gr.Row(equal_height=True):
             bench = gr.Dropdown(benchmarks(), value=benchmarks()[0], label="Benchmark",
                                 info="multiple choice in gen mode, code in instruct mode", elem_id="cmp-bench")
-            bench_limit = gr.Number(20, precision=0, minimum=1, label="Items (seeded sample)",
+            bench_limit = WholeNumber(20, precision=0, minimum=1, label="Items (seeded sample)",
                                     elem_id="cmp-bench-limit")
-            bench_seed = gr.Number(DEFAULT_SEED, precision=0, label="Seed", elem_id="cmp-bench-seed")
-            bench_new = gr.Number(256, precision=0, minimum=1, label="Max new tokens", elem_id="cmp-bench-max-new")
+            bench_seed = WholeNumber(DEFAULT_SEED, precision=0, label="Seed", elem_id="cmp-bench-seed")
+            bench_new = WholeNumber(256, precision=0, minimum=1, label="Max new tokens", elem_id="cmp-bench-max-new")
             bench_btn = gr.Button("Run on the benchmark", scale=0, min_width=180, elem_id="cmp-bench-run")
         bench_note = gr.Markdown("", elem_id="cmp-bench-progress")
         bench_df = gr.Dataframe(headers=BENCH_HEADERS, value=[], interactive=False, elem_id="cmp-bench-table")
@@ -212,12 +212,14 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         """Run the variants on the benchmark in the background; yield progress lines, then (line, table rows)."""
         try:
             model = manager.model
+            limit = form_number("limit", limit, "The number of items") if limit else 0
+            seed = None if seed is None else form_number("seed", seed, "The seed")
+            max_new = form_number("max_new_tokens", max_new, "Max new tokens") if max_new else None
         except LabError as e:
             raise gr.Error(str(e)) from None
 
         def job(on_progress, cancel):
-            return bench_variants(model, variants, benchmark, int(limit) if limit else 0,
-                                  None if seed is None else int(seed), int(max_new) if max_new else None,
+            return bench_variants(model, variants, benchmark, limit, seed, max_new,
                                   on_progress=lambda i, p: on_progress((i, p)), cancel=cancel)
 
         shown_at = 0.0

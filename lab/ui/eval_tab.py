@@ -30,7 +30,7 @@ from lab.eval.store import RunStore
 from lab.models.manager import ModelManager
 from lab.space import cap_limit, eval_notice, gpu, on_space
 from lab.ui import eval_views as views
-from lab.ui.common import SessionCancels, in_background
+from lab.ui.common import SessionCancels, WholeNumber, form_number, in_background
 
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
@@ -40,17 +40,18 @@ POLL_S = 1.0  # without news from the runner, the elapsed time still ticks once 
 
 def request_from_form(benchmark: str, subset: str | None, mode: str | None, shots: float | None,
                       limit: float | None, seed: float | None) -> EvalRequest:
-    """The form's values as a runner request; the runner itself checks them against the spec."""
+    """The form's values as a runner request: numbers by the one rule (finite, in range), and the runner checks
+    the rest against the spec."""
     spec = load_spec(benchmark)
-    if limit is not None and limit < 0:
-        raise LabError(f"The limit must be 0 (everything) or a positive number of items, got {limit:g}.")
+    shots = None if not kind_of(spec).TAKES_SHOTS or shots is None else form_number("shots", shots, "Shots")
+    limit = None if limit is None else form_number("limit", limit, "The limit (0 for everything)")
     return EvalRequest(
         benchmark=benchmark,
         subset=None if subset in (None, "", views.NO_SUBSET) else subset,
         mode=mode or None,
-        shots=None if not kind_of(spec).TAKES_SHOTS or shots is None else int(shots),
-        limit=int(limit) if limit else None,
-        seed=DEFAULT_SEED if seed is None else int(seed))
+        shots=shots,
+        limit=limit or None,
+        seed=DEFAULT_SEED if seed is None else form_number("seed", seed, "The seed"))
 
 
 def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
@@ -80,9 +81,9 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                label="Mode", info=kind_of(first).MODE_HELP, elem_id="eval-mode")
             shots = gr.Slider(0, 5, value=first.default_shots, step=1, label="Shots (solved examples first)",
                               elem_id="eval-shots")
-            limit = gr.Number(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
+            limit = WholeNumber(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
                               info="a seeded sample spread over the subjects", elem_id="eval-limit")
-            seed = gr.Number(DEFAULT_SEED, precision=0, label="Seed", elem_id="eval-seed")
+            seed = WholeNumber(DEFAULT_SEED, precision=0, label="Seed", elem_id="eval-seed")
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", elem_id="eval-start")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
