@@ -110,6 +110,23 @@ def test_the_installed_package_scores_a_file_and_ships_its_data(installed, tmp_p
 
 
 @pytest.mark.slow
+def test_the_installed_metric_loads_offline_with_evaluate(installed, tmp_path):
+    """evaluate.load copies the metric's file into its own cache; from there it must import the installed lab."""
+    env = {**outside(installed, tmp_path), "HF_EVALUATE_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}
+    code = ("import json, sys, evaluate; from lab.eval.metrics import SANDBOXED_CODE_EVAL as P; m = evaluate.load(P); "
+            "r = m.compute(references=['assert add(2,3)==5'], predictions=[['def add(a,b): return a+b']], k=[1]); "
+            "print(json.dumps([P, sys.modules[type(m).__module__].__file__, sys.modules['lab'].__file__, r[0]]))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    folder, copy, lab_file, pass_at_k = json.loads(r.stdout.splitlines()[-1])
+    assert folder == str(installed / "lab" / "eval" / "metrics" / "sandboxed_code_eval")
+    assert copy.startswith(str(tmp_path / "hf")) and lab_file.startswith(str(installed))
+    assert pass_at_k == {"pass@1": 1.0}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("command, ready", [(["app.py"], "/"), (["-m", "lab.serve"], "/health")])
 def test_the_page_and_the_server_start_from_outside_the_checkout(installed, tmp_path, command, ready):
     if command[0] == "app.py":  # the page's entry file, copied beside nothing else
