@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lab.cli import add_model_flags, load_request, number, user_errors
 from lab.errors import LabError
-from lab.eval import report
+from lab.eval import hub, report
 from lab.eval.kinds import kind_of
 from lab.eval.spec import benchmarks, load_spec
 from lab.eval.store import RunStore
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="write RUN_ID.samples.jsonl and RUN_ID.summary.json")
     export.add_argument("run_id")
     export.add_argument("--out", default=".", help="folder to write into (default: here)")
+    hub.add_flags(export)  # --model-index, --push: the scores as model-card metadata (lab/eval/hub.py)
     cmp = sub.add_parser("compare", parents=[common], help="B minus A: accuracy and the samples that flipped")
     cmp.add_argument("run_a")
     cmp.add_argument("run_b")
@@ -199,6 +200,7 @@ def _export(args, store: RunStore) -> int:
             f.write(report.json_text(kind.export_row(s)) + "\n")  # a lone surrogate as its \u escape
     summary_path.write_text(report.json_text(run.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(f"wrote {samples_path} and {summary_path}")
+    hub.export(run, out, args)
     return 0
 
 
