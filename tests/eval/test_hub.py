@@ -57,9 +57,10 @@ def test_a_choice_run_reads_back_as_its_accuracy(store, tmp_path):
 
 
 def test_a_code_run_gives_each_pass_at_k_and_says_it_is_partial(store):
-    run = store.get(finished(store, "humaneval", "instruct", {"overall": {"tasks": 20, "pass@10": 0.61, "pass@1": 0.4}},
-                             n_total=200, subset="mini", params={"request": {"samples_per_task": 10, "temperature": 0.8},
-                                                                  "model": {"name": "Qwen/Qwen2.5-Coder-7B-Instruct"}}))
+    params = {"request": {"samples_per_task": 10, "temperature": 0.8},
+              "model": {"name": "Qwen/Qwen2.5-Coder-7B-Instruct"}}
+    summary = {"overall": {"tasks": 20, "pass@10": 0.61, "pass@1": 0.4}}
+    run = store.get(finished(store, "humaneval", "instruct", summary, n_total=200, subset="mini", params=params))
     _, results = read_back(hub.model_index_yaml(hub.card_data(run, source_url="https://example.org/runs/1")))
     assert [(r.metric_type, r.metric_value) for r in results] == [("pass@1", 0.4), ("pass@10", 0.61)]
     r = results[0]
@@ -109,7 +110,8 @@ def test_push_hands_the_block_to_metadata_update_and_hides_the_token(store, monk
     def refuse(*a, **kw):
         raise ConnectionError("cannot reach huggingface.co with hf_secret")
     monkeypatch.setattr(huggingface_hub, "metadata_update", refuse)
-    with pytest.raises(LabError, match=r"^Updating the card of alice/m failed \(cannot reach huggingface.co with \*\*\*\)"):
+    with pytest.raises(LabError, match=r"^Updating the card of alice/m failed \(cannot reach huggingface.co with "
+                                       r"\*\*\*\)"):
         hub.push("alice/m", data)
 
 

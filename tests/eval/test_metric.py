@@ -86,7 +86,7 @@ def test_evaluate_loads_it_offline_from_its_folder(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    where, same, (pass_at_k, results) = json.loads(r.stdout.splitlines()[-1])
+    where, same, (pass_at_k, _) = json.loads(r.stdout.splitlines()[-1])
     assert where.startswith(str(tmp_path / "hf")) and same  # evaluate's copy, importing the lab package
     assert pass_at_k == {"pass@1": 0.5}
 
