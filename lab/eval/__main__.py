@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is None or kind.TAKES_SHOTS:
             b.add_argument("--shots", type=number("shots"), help="solved examples before each question, 0-5 "
                                                      "(default: the spec's in logprob mode, 0 in gen mode)")
+        if spec and spec.templates:
+            b.add_argument("--template", help=f"a named prompt template: default, {', '.join(spec.templates)} "
+                           f"(evals/{name}.yaml)")
         b.add_argument("--limit", type=number("limit"), help="at most N items, a seeded sample spread over subjects")
         b.add_argument("--subjects", help="comma-separated subjects (code benchmarks: task numbers)")
         subsets = ", ".join(spec.subsets) if spec else ""
@@ -94,7 +97,7 @@ def _request(args):
         subset=args.subset, seed=args.seed, batch_size=args.batch_size, data_dir=args.data_dir,
         samples_per_task=getattr(args, "samples_per_task", 1), temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, timeout_s=getattr(args, "timeout", None),
-        workers=getattr(args, "workers", None))
+        workers=getattr(args, "workers", None), prompt_template=getattr(args, "template", None))
 
 
 def _evaluate(args, store: RunStore) -> int:

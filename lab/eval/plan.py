@@ -35,6 +35,7 @@ class EvalRequest:
     # slot wraps each user message the benchmark builds; None keeps the spec's prompts
     system: str | None = None
     template: str | None = None
+    prompt_template: str | None = None  # choice: one of the spec's named `templates` (--template); None: `prompts`
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -78,6 +78,8 @@ class Spec:
     extra_groups: dict[str, list[str]] = field(default_factory=dict)  # e.g. C-Eval Hard
     subsets: dict[str, Subset] = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)  # the templates the kind renders (see its module)
+    # named prompt templates: name -> {description, and the `prompts` keys it replaces}; a run picks one by name
+    templates: dict[str, dict] = field(default_factory=dict)
     generation: dict = field(default_factory=dict)  # max_new_tokens, timeout_s, stops
     task_prefix: str = ""  # code: task ids are prefix + number ("HumanEval/7")
     package: dict | None = None  # code: {name, file}: a Python package that ships the data, the last resort
@@ -89,6 +91,16 @@ class Spec:
             known = ", ".join(self.subsets) or "none"
             raise LabError(f"{self.name} has no subset '{name}'; its subsets are: {known}.")
         return self.subsets[name]
+
+    def prompts_for(self, template: str | None = None) -> dict:
+        """The prompt templates a run renders: `prompts`, with the named template's keys put over them
+        (None and "default" are `prompts` itself)."""
+        if template in (None, "default"):
+            return self.prompts
+        if template not in self.templates:
+            known = ", ".join(["default", *self.templates])
+            raise LabError(f"{self.name} has no prompt template '{template}'; its templates are: {known}.")
+        return {**self.prompts, **{k: v for k, v in self.templates[template].items() if k != "description"}}
 
     def category_of(self, subject: str) -> list[str]:
         """The inline categories holding `subject` (specs without a mapping file)."""
@@ -134,6 +146,11 @@ def load_spec(name: str) -> Spec:
         raise LabError(f"{where} names itself '{spec.name}'; a spec's name must be its file's name, '{name}'.")
     if spec.kind not in KINDS:
         raise LabError(f"{where} has kind '{spec.kind}'; the kinds are {', '.join(KINDS)}.")
+    templates = spec.templates if isinstance(spec.templates, dict) else {"templates": None}
+    bad = [k for k, t in templates.items() if not isinstance(t, dict) or k == "default"]
+    if bad:
+        raise LabError(f"{where} has a malformed 'templates' entry ({', '.join(map(str, bad)) or 'templates'}): each "
+                       "names a mapping of the prompt keys it replaces, and 'default' is the name of 'prompts'.")
     if not spec.local.file and not spec.hub.path:
         raise LabError(f"{where} names neither a local file pattern (data.local.file) nor a Hub dataset "
                        "(data.hub.path).")
