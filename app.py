@@ -86,7 +86,11 @@ def create(args: argparse.Namespace, manager=None):
     return build_app(manager)
 
 
-args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+try:
+    args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+except LabError as e:  # a flag's number out of range: one sentence, status 2, as every user error
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 from lab.models.manager import ModelManager  # noqa: E402
 
 manager = ModelManager()  # one model for the page and, with --api, for /v1

@@ -2,7 +2,7 @@
 request they make, and how a command ends on a user's mistake (one sentence on stderr, exit status 2).
 
     add_model_flags(parser)                  # --model --quant --no-double-quant --device --context
-    parser.add_argument("--seed", type=number("seed"))   # the one rule for numbers: a bad value exits 2, one sentence
+    parser.add_argument("--seed", type=number("seed"))   # the one rule for numbers: a LabError while parsing
     manager.load(load_request(args))
     sys.exit(user_errors(main)(argv))        # a LabError: "error: <sentence>", status 2
 """
@@ -40,13 +40,16 @@ def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
 
 
 def number(field: str) -> Callable[[str], int | float]:
-    """An argparse `type` for a number under the one rule (`lab.interface.LIMITS[field]`): finite and in range, or
-    argparse's usage error, exit status 2, with the rule's sentence ("argument --seed: must be ...")."""
+    """An argparse `type` for the flag --FIELD (underscores as dashes) under the one rule for numbers
+    (`lab.interface.LIMITS[field]`): the number, or a LabError, which the command ends with as every user error:
+    "error: --seed must be ...", exit status 2 (`user_errors`)."""
+    flag = "--" + field.replace("_", "-")
+
     def parse(text: str) -> int | float:
         try:
-            return check_number(field, text, "it")
+            return check_number(field, text, flag)
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{str(e).removeprefix('it ')}.") from None
+            raise LabError(f"{e}.") from None
 
     parse.__name__ = field  # argparse names the type in some messages
     return parse

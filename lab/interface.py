@@ -47,7 +47,7 @@ class Limit:
 
         kind = "a whole number" if self.whole else "a number"
         span = (f"{kind} above {show(self.low)} and at most {show(self.high)}" if self.above
-                else f"{kind} from {show(self.low)} to {show(self.high)}")
+                else f"{kind} between {show(self.low)} and {show(self.high)}")
         return span if self.also is None else f"{show(self.also)} or {span}"
 
     def holds(self, x: int | float) -> bool:
@@ -58,7 +58,7 @@ LIMITS: dict[str, Limit] = {
     # sampling (SamplingParams; the API's names map onto these)
     # OpenAI's range; 0 is greedy, and a temperature near 0 divides logits into infinities
     "temperature": Limit(0.01, 2, also=0),
-    "top_p": Limit(0, 1, above=True),
+    "top_p": Limit(0.001, 1),  # nearer 0 it rounds to 0 in float32, and no token would be left
     "top_k": Limit(0, 1_000_000, whole=True),  # 0 is off; past the vocabulary it is off too
     "repetition_penalty": Limit(0.01, 10),  # 1 is off; nearer 0 it divides logits into infinities
     "max_new_tokens": Limit(1, MAX_NEW_TOKENS, whole=True),

@@ -46,30 +46,27 @@ def test_chat_bench_runs_on_the_cpu(tmp_path):
 
 
 BAD_NUMBERS = [
-    (("app.py", "--port", "99999"), "--port", "must be a whole number from 1 to 65,535, got 99999."),
+    (("app.py", "--port", "99999"), "--port", "must be a whole number between 1 and 65,535, got 99999."),
     (("app.py", "--model", "tiny-random", "--context", "nan"), "--context", "got nan."),
     (("-m", "lab.serve", "--port", "-1"), "--port", "got -1."),
-    (("-m", "lab.serve", "--context", "1e400"), "--context", "must be a whole number from 512 to 1,048,576"),
+    (("-m", "lab.serve", "--context", "1e400"), "--context", "must be a whole number between 512 and 1,048,576"),
     (("-m", "lab.eval", "humaneval", "--timeout", "-1"), "--timeout",
      "must be a number above 0 and at most 86400, got -1."),  # a negative timeout failed every correct program
     (("-m", "lab.eval", "humaneval", "--timeout", "inf"), "--timeout", "got inf."),
-    (("-m", "lab.eval", "humaneval", "--workers", "0"), "--workers", "must be a whole number from 1 to 1,024, got 0."),
+    (("-m", "lab.eval", "humaneval", "--workers", "0"), "--workers", "must be a whole number between 1 and 1,024, got 0."),
     (("-m", "lab.eval", "humaneval", "--samples-per-task", "0"), "--samples-per-task", "got 0."),
-    (("-m", "lab.eval", "mmlu", "--batch-size", "0"), "--batch-size", "must be a whole number from 1 to 65,536"),
+    (("-m", "lab.eval", "mmlu", "--batch-size", "0"), "--batch-size", "must be a whole number between 1 and 65,536"),
     (("-m", "lab.eval", "mmlu", "--temperature", "-1"), "--temperature",
-     "must be 0 or a number from 0.01 to 2, got -1."),
+     "must be 0 or a number between 0.01 and 2, got -1."),
     (("-m", "lab.eval", "mmlu", "--temperature", "NaN"), "--temperature", "got NaN."),
     (("-m", "lab.eval", "mmlu", "--max-new-tokens", "0"), "--max-new-tokens", "got 0."),
-    (("-m", "lab.eval", "mmlu", "--seed", str(10**30)), "--seed", "must be a whole number from 0 to 4,294,967,295"),
+    (("-m", "lab.eval", "mmlu", "--seed", str(10**30)), "--seed", "must be a whole number between 0 and 4,294,967,295"),
     (("-m", "lab.eval", "mmlu", "--limit", "2.5"), "--limit", "got 2.5."),
-    (("-m", "lab.eval", "mmlu", "--shots", "6"), "--shots", "must be a whole number from 0 to 5, got 6."),
+    (("-m", "lab.eval", "mmlu", "--shots", "6"), "--shots", "must be a whole number between 0 and 5, got 6."),
 ]
 
 
 @pytest.mark.parametrize("argv, flag, sentence", BAD_NUMBERS, ids=[" ".join(a[-3:]) for a, _, _ in BAD_NUMBERS])
-def test_a_number_out_of_range_is_a_usage_error_in_one_sentence(argv, flag, sentence):
-    proc = run_cli(*argv, timeout=60)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
-    line = errors[0] if len(errors) == 1 else proc.stderr
-    assert f"argument {flag}: " in line and sentence in line and line.endswith("."), proc.stderr
+def test_a_number_out_of_range_is_one_sentence_and_status_2(argv, flag, sentence):
+    line = assert_one_sentence_error(run_cli(*argv, timeout=60), f"error: {flag} must be ", sentence)
+    assert line.endswith(".")

@@ -419,7 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from lab.cli import user_errors
+
+    args = user_errors(build_parser().parse_args)(argv)
+    if args == 2:  # a flag's value broke the rule for numbers: its sentence is printed
+        return 2
     from lab.cli import load_request
     from lab.models.manager import ModelManager
 

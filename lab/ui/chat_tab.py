@@ -36,7 +36,7 @@ from lab.models.manager import LoadRequest, ModelManager
 from lab.models.registry import QUANTS, REGISTRY
 from lab.space import gpu
 from lab.ui.chat_tools import ReplyShape, build_panels, build_settings, call_of, display, panels
-from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, WholeNumber, form_number
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, whole_number, form_number
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
@@ -118,7 +118,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
                 rep = gr.Slider(0.8, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
                 max_new = gr.Slider(16, 8192, value=1024, step=16, label="Max new tokens", elem_id="max-new-tokens")
-                seed = WholeNumber(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
+                seed = whole_number(-1, precision=0, label="Seed (-1 = new each reply; the one used is shown)",
                                  elem_id="seed")
             json_mode, json_schema, tools_box = build_settings()
             with gr.Accordion("Model", open=False):
@@ -126,7 +126,7 @@ def build_chat_tab(manager: ModelManager) -> None:
                 model_name = gr.Dropdown(list(REGISTRY), value=manager.model.info.name if manager.loaded else None,
                                          allow_custom_value=True, label="Model (name, Hub id or local path)")
                 quant = gr.Dropdown(list(QUANTS), value=current.quant, label="Quantization")
-                context = WholeNumber(current.context, precision=0, minimum=0,
+                context = whole_number(current.context, precision=0, minimum=0,
                                     label="Context tokens (empty: the model's own; more: YaRN)")
                 load_btn = gr.Button("Load", elem_id="load-btn")
     settings = [temperature, top_p, top_k, rep, max_new, seed, json_mode, json_schema, tools_box]

@@ -41,16 +41,15 @@ class SessionCancels:
                 del self._events[key]
 
 
-class WholeNumber(gr.Number):
-    """A number box for whole numbers (`precision=0`) that hands NaN and the infinities to the handler, whose one
-    rule answers them in a sentence; Gradio's own rounding would fail on them with its exception's text."""
-
-    is_template = True  # drawn as Gradio's Number
-
-    def preprocess(self, payload):
-        if isinstance(payload, float) and not math.isfinite(payload):
-            return payload
-        return super().preprocess(payload)
+def whole_number(*args, **kwargs) -> gr.Number:
+    """gr.Number(*args, precision=0, **kwargs) that hands NaN and the infinities to the handler, whose one rule
+    answers them in a sentence; Gradio's own rounding would fail on them with its exception's text. (A wrapper,
+    not a subclass: Gradio writes a .pyi file beside every module that defines a component class.)"""
+    box = gr.Number(*args, **kwargs)
+    rounded = box.preprocess
+    box.preprocess = lambda payload: (payload if isinstance(payload, float) and not math.isfinite(payload)
+                                      else rounded(payload))
+    return box
 
 
 def form_number(field: str, value, label: str):
@@ -79,4 +78,4 @@ def in_background(job: Callable[[Callable[[object], None], threading.Event], obj
         cancels.finish(key, event)
 
 
-__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "WholeNumber", "form_number", "in_background"]
+__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "whole_number", "form_number", "in_background"]

@@ -11,7 +11,7 @@ import gradio as gr
 
 from lab.chat.conversation import format_stats
 from lab.compare import MAX_PANES, SLOT, Comparison, Variant, parse_variants
-from lab.ui.common import WholeNumber
+from lab.ui.common import whole_number
 
 FIELDS = ("name", "preset", "system", "template", "temperature", "top_p", "top_k", "repetition_penalty",
           "max_new_tokens", "seed")
@@ -59,7 +59,7 @@ def build_editors(presets: dict[str, str], shown: int) -> list[Editor]:
                                        elem_id=f"cmp-rep-{i}"))
                     f.append(gr.Slider(16, 8192, value=512, step=16, label="Max new tokens",
                                        elem_id=f"cmp-max-new-{i}"))
-                    f.append(WholeNumber(-1, precision=0, label="Seed (-1 = none; the first seed given seeds the batch)",
+                    f.append(whole_number(-1, precision=0, label="Seed (-1 = none; the first seed given seeds the batch)",
                                        elem_id=f"cmp-seed-{i}"))
             editors.append(Editor(column, f, f[1], f[2]))
     return editors

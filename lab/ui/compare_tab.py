@@ -34,7 +34,7 @@ from lab.eval.spec import benchmarks
 from lab.models.manager import ModelManager
 from lab.space import gpu
 from lab.ui import compare_panes as cp
-from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, WholeNumber, form_number, in_background
+from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, whole_number, form_number, in_background
 
 BENCH_UPDATE_S = 0.25
 
@@ -95,10 +95,10 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         with gr.Row(equal_height=True):
             bench = gr.Dropdown(benchmarks(), value=benchmarks()[0], label="Benchmark",
                                 info="multiple choice in gen mode, code in instruct mode", elem_id="cmp-bench")
-            bench_limit = WholeNumber(20, precision=0, minimum=1, label="Items (seeded sample)",
+            bench_limit = whole_number(20, precision=0, minimum=1, label="Items (seeded sample)",
                                     elem_id="cmp-bench-limit")
-            bench_seed = WholeNumber(DEFAULT_SEED, precision=0, label="Seed", elem_id="cmp-bench-seed")
-            bench_new = WholeNumber(256, precision=0, minimum=1, label="Max new tokens", elem_id="cmp-bench-max-new")
+            bench_seed = whole_number(DEFAULT_SEED, precision=0, label="Seed", elem_id="cmp-bench-seed")
+            bench_new = whole_number(256, precision=0, minimum=1, label="Max new tokens", elem_id="cmp-bench-max-new")
             bench_btn = gr.Button("Run on the benchmark", scale=0, min_width=180, elem_id="cmp-bench-run")
         bench_note = gr.Markdown("", elem_id="cmp-bench-progress")
         bench_df = gr.Dataframe(headers=BENCH_HEADERS, value=[], interactive=False, elem_id="cmp-bench-table")

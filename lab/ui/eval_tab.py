@@ -30,7 +30,7 @@ from lab.eval.store import RunStore
 from lab.models.manager import ModelManager
 from lab.space import cap_limit, eval_notice, gpu, on_space
 from lab.ui import eval_views as views
-from lab.ui.common import SessionCancels, WholeNumber, form_number, in_background
+from lab.ui.common import SessionCancels, whole_number, form_number, in_background
 
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
@@ -81,9 +81,9 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                label="Mode", info=kind_of(first).MODE_HELP, elem_id="eval-mode")
             shots = gr.Slider(0, 5, value=first.default_shots, step=1, label="Shots (solved examples first)",
                               elem_id="eval-shots")
-            limit = WholeNumber(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
+            limit = whole_number(DEFAULT_LIMIT, precision=0, minimum=0, label="Limit (0 or empty: every item)",
                               info="a seeded sample spread over the subjects", elem_id="eval-limit")
-            seed = WholeNumber(DEFAULT_SEED, precision=0, label="Seed", elem_id="eval-seed")
+            seed = whole_number(DEFAULT_SEED, precision=0, label="Seed", elem_id="eval-seed")
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", elem_id="eval-start")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")

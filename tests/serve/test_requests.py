@@ -94,32 +94,33 @@ CHAT_REFUSALS = [
     ({"best_of": 3}, "best_of", "'best_of' must be 1 on this server, got 3."),
     ({"frequency_penalty": 0.5}, "frequency_penalty", f"'frequency_penalty' {PENALTY}"),
     ({"presence_penalty": -1}, "presence_penalty", f"'presence_penalty' {PENALTY}"),
-    ({"presence_penalty": 3}, "presence_penalty", "'presence_penalty' must be a number from -2 to 2, got 3."),
+    ({"presence_penalty": 3}, "presence_penalty", "'presence_penalty' must be a number between -2 and 2, got 3."),
     ({"logit_bias": {"42": 5}}, "logit_bias", "'logit_bias' is not supported."),
-    ({"temperature": -0.5}, "temperature", "'temperature' must be 0 or a number from 0.01 to 2, got -0.5."),
-    ({"temperature": 2.5}, "temperature", "'temperature' must be 0 or a number from 0.01 to 2, got 2.5."),
-    ({"temperature": float("nan")}, "temperature", "'temperature' must be 0 or a number from 0.01 to 2, got nan."),
-    ({"temperature": 5e-324}, "temperature", "'temperature' must be 0 or a number from 0.01 to 2, got 5e-324."),
+    ({"temperature": -0.5}, "temperature", "'temperature' must be 0 or a number between 0.01 and 2, got -0.5."),
+    ({"temperature": 2.5}, "temperature", "'temperature' must be 0 or a number between 0.01 and 2, got 2.5."),
+    ({"temperature": float("nan")}, "temperature", "'temperature' must be 0 or a number between 0.01 and 2, got nan."),
+    ({"temperature": 5e-324}, "temperature", "'temperature' must be 0 or a number between 0.01 and 2, got 5e-324."),
     ({"repetition_penalty": 5e-324}, "repetition_penalty",
-     "'repetition_penalty' must be a number from 0.01 to 10, got 5e-324."),  # found by tests/serve/test_fuzz.py
-    ({"temperature": float("inf")}, "temperature", "'temperature' must be 0 or a number from 0.01 to 2, got inf."),
+     "'repetition_penalty' must be a number between 0.01 and 10, got 5e-324."),  # found by tests/serve/test_fuzz.py
+    ({"temperature": float("inf")}, "temperature", "'temperature' must be 0 or a number between 0.01 and 2, got inf."),
     ({"temperature": 10**400}, "temperature", "'temperature' must be a number, got " + "1" + "0" * 400 + "."),
     ({"temperature": True}, "temperature", "'temperature' must be a number, got true."),
     ({"temperature": "0.5"}, "temperature", "'temperature' must be a number, got \"0.5\"."),
-    ({"top_p": 1.5}, "top_p", "'top_p' must be a number above 0 and at most 1, got 1.5."),
-    ({"top_p": 0}, "top_p", "'top_p' must be a number above 0 and at most 1, got 0."),
-    ({"top_p": float("-inf")}, "top_p", "'top_p' must be a number above 0 and at most 1, got -inf."),
-    ({"top_k": -2}, "top_k", "'top_k' must be -1 (off) or a whole number from 0 to 1,000,000, got -2."),
+    ({"top_p": 1.5}, "top_p", "'top_p' must be a number between 0.001 and 1, got 1.5."),
+    ({"top_p": 0}, "top_p", "'top_p' must be a number between 0.001 and 1, got 0."),
+    ({"top_p": 5e-324}, "top_p", "'top_p' must be a number between 0.001 and 1, got 5e-324."),  # 0 in float32
+    ({"top_p": float("-inf")}, "top_p", "'top_p' must be a number between 0.001 and 1, got -inf."),
+    ({"top_k": -2}, "top_k", "'top_k' must be -1 (off) or a whole number between 0 and 1,000,000, got -2."),
     ({"top_k": 10**12}, "top_k",
-     "'top_k' must be -1 (off) or a whole number from 0 to 1,000,000, got 1000000000000."),
+     "'top_k' must be -1 (off) or a whole number between 0 and 1,000,000, got 1000000000000."),
     ({"repetition_penalty": 0}, "repetition_penalty",
-     "'repetition_penalty' must be a number from 0.01 to 10, got 0."),
+     "'repetition_penalty' must be a number between 0.01 and 10, got 0."),
     ({"repetition_penalty": float("nan")}, "repetition_penalty",
-     "'repetition_penalty' must be a number from 0.01 to 10, got nan."),
-    ({"seed": 10**30}, "seed", "'seed' must be a whole number from 0 to 4,294,967,295, got "
+     "'repetition_penalty' must be a number between 0.01 and 10, got nan."),
+    ({"seed": 10**30}, "seed", "'seed' must be a whole number between 0 and 4,294,967,295, got "
      "1000000000000000000000000000000."),
-    ({"seed": -1}, "seed", "'seed' must be a whole number from 0 to 4,294,967,295, got -1."),
-    ({"seed": 2**32}, "seed", "'seed' must be a whole number from 0 to 4,294,967,295, got 4294967296."),
+    ({"seed": -1}, "seed", "'seed' must be a whole number between 0 and 4,294,967,295, got -1."),
+    ({"seed": 2**32}, "seed", "'seed' must be a whole number between 0 and 4,294,967,295, got 4294967296."),
     ({"seed": float("inf")}, "seed", "'seed' must be an integer, got Infinity."),
     ({"stream": "yes"}, "stream", "'stream' must be true or false."),
     ({"stream": 1}, "stream", "'stream' must be true or false."),
@@ -135,9 +136,9 @@ CHAT_REFUSALS = [
      "UTF-8 text."),
     ({"top_k": 2.5}, "top_k", "'top_k' must be an integer, got 2.5."),
     ({"seed": False}, "seed", "'seed' must be an integer, got false."),
-    ({"max_tokens": -1}, "max_tokens", "'max_tokens' must be a whole number from 0 to 1,048,576, got -1."),
+    ({"max_tokens": -1}, "max_tokens", "'max_tokens' must be a whole number between 0 and 1,048,576, got -1."),
     ({"max_completion_tokens": 2**21}, "max_completion_tokens",
-     "'max_completion_tokens' must be a whole number from 0 to 1,048,576, got 2097152."),
+     "'max_completion_tokens' must be a whole number between 0 and 1,048,576, got 2097152."),
     ({"max_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1 for a chat completion."),
     ({"max_completion_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1 for a chat completion."),
     ({"stop": [1]}, "stop", "'stop' must be a string or a list of strings."),
@@ -180,11 +181,11 @@ COMPLETION_REFUSALS = [
     ({"prompt": [1, 2, 3]}, "prompt", TOKEN_IDS),
     ({"prompt": []}, "prompt", TOKEN_IDS),
     ({"prompt": None}, "prompt", TOKEN_IDS),
-    ({"logprobs": 21}, "logprobs", "'logprobs' must be a whole number from 0 to 20, got 21."),
-    ({"logprobs": -1}, "logprobs", "'logprobs' must be a whole number from 0 to 20, got -1."),
+    ({"logprobs": 21}, "logprobs", "'logprobs' must be a whole number between 0 and 20, got 21."),
+    ({"logprobs": -1}, "logprobs", "'logprobs' must be a whole number between 0 and 20, got -1."),
     ({"prompt": ["fine", "\udc80"]}, "prompt",
      "'prompt' holds text that is not valid Unicode (a lone surrogate, such as \\ud800 unpaired); send UTF-8 text."),
-    ({"seed": 1e30}, "seed", "'seed' must be a whole number from 0 to 4,294,967,295, got "
+    ({"seed": 1e30}, "seed", "'seed' must be a whole number between 0 and 4,294,967,295, got "
      "1000000000000000019884624838656."),  # 1e30 is a whole number: the integer it stands for
     ({"logprobs": 2.5}, "logprobs", "'logprobs' must be an integer, got 2.5."),
     ({"echo": "yes"}, "echo", "'echo' must be true or false."),
@@ -222,7 +223,7 @@ def test_fastapis_errors_become_the_same_sentences():
         ChatCompletionBody.model_validate({"messages": HI, "top_p": 2})
     errors = [{**err, "loc": ("body", *err["loc"])} for err in e.value.errors()]
     error = api_error(errors, ChatCompletionBody)
-    assert (error.message, error.param) == ("'top_p' must be a number above 0 and at most 1, got 2.", "top_p")
+    assert (error.message, error.param) == ("'top_p' must be a number between 0.001 and 1, got 2.", "top_p")
 
     def says(error: dict) -> str:
         return api_error([error], ChatCompletionBody).message

@@ -143,7 +143,7 @@ def test_errors_have_openais_shape_and_status(client, server):
     assert "JSON Schema is invalid" in _error(e)["message"] and _error(e)["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny-random", prompt="x", logprobs=21)
-    assert "'logprobs' must be a whole number from 0 to 20" in _error(e)["message"]
+    assert "'logprobs' must be a whole number between 0 and 20" in _error(e)["message"]
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=HELLO)
     assert _error(e)["code"] == "model_not_found"
@@ -183,7 +183,7 @@ def test_bodies_that_are_not_json_objects_are_refused(server):
 def test_invalid_fields_name_their_param(server):
     r = httpx.post(server + "/v1/chat/completions", headers=AUTH, json={"messages": HELLO, "temperature": -1})
     assert r.status_code == 400 and r.json()["error"] == {
-        "message": "'temperature' must be 0 or a number from 0.01 to 2, got -1.", "type": "invalid_request_error",
+        "message": "'temperature' must be 0 or a number between 0.01 and 2, got -1.", "type": "invalid_request_error",
         "param": "temperature", "code": None}
     r = httpx.post(server + "/v1/completions", headers=AUTH, json={"prompt": [1, 2], "max_tokens": 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"

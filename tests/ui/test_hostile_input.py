@@ -45,16 +45,16 @@ CHAT_DEFAULTS = {"temperature": "0.7", "top_p": "0.8", "top_k": "20", "repetitio
 
 
 @pytest.mark.parametrize("field, value, sentence", [
-    ("temperature", "NaN", "temperature must be 0 or a number from 0.01 to 2, got nan."),
-    ("temperature", "Infinity", "temperature must be 0 or a number from 0.01 to 2, got inf."),
-    ("temperature", "1e-320", "temperature must be 0 or a number from 0.01 to 2, got 1e-320."),
-    ("top_p", "-Infinity", "top_p must be a number from 0.001 to 1, got -inf."),
-    ("seed", str(10**30), "seed must be a whole number from 0 to 4,294,967,295"),
-    ("seed", "Infinity", "seed must be a whole number from 0 to 4,294,967,295, got inf."),
-    ("top_k", "Infinity", "top_k must be a whole number from 0 to 1,000,000, got inf."),
-    ("top_k", "2.5", "top_k must be a whole number from 0 to 1,000,000, got 2.5."),
-    ("max_new_tokens", "0", "max_new_tokens must be a whole number from 1 to 1,048,576, got 0."),
-    ("repetition_penalty", "NaN", "repetition_penalty must be a number from 0.01 to 10, got nan."),
+    ("temperature", "NaN", "temperature must be 0 or a number between 0.01 and 2, got nan."),
+    ("temperature", "Infinity", "temperature must be 0 or a number between 0.01 and 2, got inf."),
+    ("temperature", "1e-320", "temperature must be 0 or a number between 0.01 and 2, got 1e-320."),
+    ("top_p", "-Infinity", "top_p must be a number between 0.001 and 1, got -inf."),
+    ("seed", str(10**30), "seed must be a whole number between 0 and 4,294,967,295"),
+    ("seed", "Infinity", "seed must be a whole number between 0 and 4,294,967,295, got inf."),
+    ("top_k", "Infinity", "top_k must be a whole number between 0 and 1,000,000, got inf."),
+    ("top_k", "2.5", "top_k must be a whole number between 0 and 1,000,000, got 2.5."),
+    ("max_new_tokens", "0", "max_new_tokens must be a whole number between 1 and 1,048,576, got 0."),
+    ("repetition_penalty", "NaN", "repetition_penalty must be a number between 0.01 and 10, got nan."),
 ])
 def test_chat_numbers_out_of_range_are_one_sentence(app_url, client, field, value, sentence):
     numbers = ", ".join(value if name == field else CHAT_DEFAULTS[name] for name in CHAT_ARGS)
@@ -74,9 +74,9 @@ def test_a_lone_surrogate_in_the_chat_is_one_sentence(app_url, client):
 
 
 @pytest.mark.parametrize("variant, sentence", [
-    ('{"temperature": NaN}', "temperature must be 0 or a number from 0.01 to 2, got nan."),
-    ('{"top_k": Infinity}', "top_k must be a whole number from 0 to 1,000,000, got inf."),
-    ('{"seed": 1099511627776}', "seed must be a whole number from 0 to 4,294,967,295, got 1099511627776."),
+    ('{"temperature": NaN}', "temperature must be 0 or a number between 0.01 and 2, got nan."),
+    ('{"top_k": Infinity}', "top_k must be a whole number between 0 and 1,000,000, got inf."),
+    ('{"seed": 1099511627776}', "seed must be a whole number between 0 and 4,294,967,295, got 1099511627776."),
 ])
 def test_compare_numbers_out_of_range_are_one_sentence(app_url, client, variant, sentence):
     # The variants are JSON text inside the request: the page's parser reads NaN and Infinity as Python does.
@@ -88,12 +88,12 @@ def test_compare_numbers_out_of_range_are_one_sentence(app_url, client, variant,
 
 
 @pytest.mark.parametrize("form, sentence", [
-    ({"shots": "Infinity"}, "Shots must be a whole number from 0 to 5, got inf."),
-    ({"shots": "2.5"}, "Shots must be a whole number from 0 to 5, got 2.5."),
-    ({"seed": str(10**30)}, "The seed must be a whole number from 0 to 4,294,967,295"),
-    ({"seed": "NaN"}, "The seed must be a whole number from 0 to 4,294,967,295, got nan."),
-    ({"limit": "-3"}, "The limit (0 for everything) must be a whole number from 0 to 1,000,000,000, got -3."),
-    ({"limit": "Infinity"}, "The limit (0 for everything) must be a whole number from 0 to 1,000,000,000, got inf."),
+    ({"shots": "Infinity"}, "Shots must be a whole number between 0 and 5, got inf."),
+    ({"shots": "2.5"}, "Shots must be a whole number between 0 and 5, got 2.5."),
+    ({"seed": str(10**30)}, "The seed must be a whole number between 0 and 4,294,967,295"),
+    ({"seed": "NaN"}, "The seed must be a whole number between 0 and 4,294,967,295, got nan."),
+    ({"limit": "-3"}, "The limit (0 for everything) must be a whole number between 0 and 1,000,000,000, got -3."),
+    ({"limit": "Infinity"}, "The limit (0 for everything) must be a whole number between 0 and 1,000,000,000, got inf."),
 ])
 def test_evaluate_numbers_out_of_range_are_one_sentence(app_url, client, data_dir, form, sentence):
     values = {"shots": "0", "limit": "4", "seed": "1234", **form}
@@ -111,6 +111,6 @@ def test_a_failed_model_swap_is_an_error_and_the_old_model_keeps_serving(client)
     assert "no/such-model" in str(e.value) and "the previous model (tiny-random) is loaded again" in str(e.value)
     error = error_of(raw_call(client.src if client.src.endswith("/") else client.src + "/", "load_model",
                               '["tiny-random", "auto", Infinity]'))
-    assert error == "Context tokens must be a whole number from 512 to 1,048,576, got inf.", error
+    assert error == "Context tokens must be a whole number between 512 and 1,048,576, got inf.", error
     assert client.predict(api_name="/model_info")["name"] == "tiny-random"
     still_answers(client)
