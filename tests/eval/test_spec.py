@@ -75,3 +75,34 @@ def test_a_broken_spec_is_one_sentence_naming_its_file(tmp_path, monkeypatch, ch
 def test_an_unknown_benchmark_names_the_known_ones():
     with pytest.raises(LabError, match="Unknown benchmark 'gsm8k'; choose one of mmlu, ceval, cmmlu, humaneval"):
         load_spec("gsm8k")
+
+
+def test_a_named_template_is_chosen_on_the_command_line_and_kept_with_the_run(tmp_path, data_dir):
+    """--template reaches the request, the request is what a run stores (resume rebuilds the plan from it),
+    and the plan renders that template; a name the spec lacks is one sentence."""
+    from lab.eval.__main__ import _request, build_parser
+
+    args = build_parser().parse_args(["ceval", "--template", "official", "--limit", "3", "--data-dir", str(data_dir)])
+    req = _request(args)
+    assert req.prompt_template == "official"
+    stored = EvalRequest.from_dict(req.to_dict())
+    assert stored == req
+    runner = Runner(RunStore.open(tmp_path))
+    official, default = runner.plan(stored), runner.plan(EvalRequest("ceval", limit=3, data_dir=str(data_dir)))
+    assert [it.key for it in official.items] == [it.key for it in default.items]
+    assert all("考试的单项选择题" in it.prompt and "答案： " not in it.prompt and it.prompt.count("答案：") == 6
+               for it in official.items)  # the letter right after the cue, no space
+    assert all("考试" not in it.prompt.split("\n")[0] for it in default.items)
+    with pytest.raises(LabError, match="ceval has no prompt template 'paper'"):
+        runner.plan(EvalRequest("ceval", prompt_template="paper", data_dir=str(data_dir)))
+
+
+def test_a_malformed_template_says_so(tmp_path, monkeypatch):
+    raw = yaml.safe_load((config.evals_dir() / "ceval.yaml").read_text(encoding="utf-8"))
+    for change, message in [({"templates": {"x": "text"}}, "malformed 'templates' entry \\(x\\)"),
+                            ({"templates": {"x": {"strip": ["answer"]}}},
+                             "'strip: \\['answer'\\]' under 'templates: x'")]:
+        (tmp_path / "ceval.yaml").write_text(yaml.safe_dump({**raw, **change}, allow_unicode=True), encoding="utf-8")
+        monkeypatch.setenv("LAB_EVALS_DIR", str(tmp_path))
+        with pytest.raises(LabError, match=message):
+            kind_of(load_spec("ceval"))

@@ -6,6 +6,11 @@ its cue ("Answer:", "答案："). The model is scored on the log-probability of 
 position, one forward pass per question. The letter is scored after `target_delimiter` (" A"): " A" and
 "A" are different tokens, and the few-shot answers are written the same way.
 
+Text goes into the prompt exactly as the data has it, except the slots the template's `strip` names
+("question", "options"), which lose their surrounding whitespace. The shipped defaults strip the question
+only, as lm-evaluation-harness does: an option's trailing space stays, and tokenizes differently.
+A spec's `templates` are named alternatives (`--template official`); `Spec.prompts_for` resolves one.
+
 gen mode: a chat turn built from `gen_user`; shots become earlier turns answered as `gen_answer`. The model
 answers freely and `extract_letter` reads the letter from its reply (rule in its docstring). No letter
 found means "unparseable", counted wrong.
@@ -36,26 +41,40 @@ RATE = "accuracy"  # what the running score is called while a run goes
 SPACE_CAP = 100  # a Hugging Face Space runs at most this many questions at a time
 MODE_HELP = "logprob scores the letters; gen lets the model answer"
 PROMPT_FIELDS = ("header", "question", "gen_user", "gen_answer")
+STRIPPABLE = ("question", "options")
 MAX_SHOTS = 5
 
 
 def check(spec: Spec) -> None:
-    missing = [f for f in PROMPT_FIELDS if not isinstance(spec.prompts.get(f), str)]
-    if missing:
-        raise LabError(f"The benchmark spec {spec.path} lacks the prompt template(s) {', '.join(missing)} under "
-                       "'prompts'; a multiple-choice benchmark needs header, question, gen_user and gen_answer.")
+    for name in [None, *spec.templates]:
+        prompts, where = spec.prompts_for(name), f"'templates: {name}'" if name else "'prompts'"
+        missing = [f for f in PROMPT_FIELDS if not isinstance(prompts.get(f), str)]
+        if missing:
+            raise LabError(f"The benchmark spec {spec.path} lacks the prompt template(s) {', '.join(missing)} under "
+                           f"{where}; a multiple-choice benchmark needs header, question, gen_user and gen_answer.")
+        strip = prompts.get("strip", [])
+        if not isinstance(strip, list) or not set(strip) <= set(STRIPPABLE):
+            raise LabError(f"The benchmark spec {spec.path} has 'strip: {strip}' under {where}; it lists the slots "
+                           f"whose surrounding whitespace goes, of {', '.join(STRIPPABLE)}.")
     if not spec.mapping and not spec.categories:
         raise LabError(f"The benchmark spec {spec.path} needs its subjects' categories: 'categories' (category -> "
                        "subjects) or a 'mapping' file.")
 
 
 # ---- prompts --------------------------------------------------------------------------------------
-def format_options(options: Sequence[str], letters: Sequence[str]) -> str:
-    return "\n".join(f"{letter}. {str(text).strip()}" for letter, text in zip(letters, options))
+def format_options(options: Sequence[str], letters: Sequence[str], strip: bool = False) -> str:
+    return "\n".join(f"{letter}. {str(text).strip() if strip else text}" for letter, text in zip(letters, options))
+
+
+def _slots(q: Question, prompts: dict, letters: Sequence[str]) -> dict:
+    """{question} and {options} as the template's `strip` asks."""
+    strip = prompts.get("strip", [])
+    return {"question": q.question.strip() if "question" in strip else q.question,
+            "options": format_options(q.options, letters, "options" in strip)}
 
 
 def render_question(q: Question, prompts: dict, letters: Sequence[str]) -> str:
-    return prompts["question"].format(question=q.question.strip(), options=format_options(q.options, letters))
+    return prompts["question"].format(**_slots(q, prompts, letters))
 
 
 def logprob_prompt(q: Question, shots: Sequence[Question], subject_name: str, prompts: dict,
@@ -86,8 +105,7 @@ def gen_messages(q: Question, shots: Sequence[Question], subject_name: str, prom
 
 
 def _gen_user(q: Question, subject_name: str, prompts: dict, letters: Sequence[str]) -> str:
-    return prompts["gen_user"].format(subject=subject_name, question=q.question.strip(),
-                                      options=format_options(q.options, letters))
+    return prompts["gen_user"].format(subject=subject_name, **_slots(q, prompts, letters))
 
 
 # ---- extraction (gen mode) --------------------------------------------------------------------------
@@ -179,14 +197,15 @@ def plan(spec: Spec, ds: Dataset, req: EvalRequest, mode: str) -> Plan:
         pools = {s: sample_within(qs, sub.per_subject, req.seed, s) for s, qs in pools.items()}
     limit = req.limit or (sub.limit if sub else None)
     picked = spread(pools, limit, req.seed) if limit else [q for s in chosen for q in pools[s]]
+    prompts = spec.prompts_for(req.prompt_template)
     items = []
     for q in picked:
         dev = ds.questions(q.subject, spec.fewshot_split)[:shots] if shots else []
         name = ds.subject_name(q.subject)
         if mode == "logprob":
-            prompt = logprob_prompt(q, dev, name, spec.prompts, spec.choices)
+            prompt = logprob_prompt(q, dev, name, prompts, spec.choices)
         else:
-            prompt = customize(gen_messages(q, dev, name, spec.prompts, spec.choices), req)
+            prompt = customize(gen_messages(q, dev, name, prompts, spec.choices), req)
         items.append(Item(q.key, q.subject, q.answer, q, prompt))
     return Plan(spec, req, mode, shots, numbered(items), ds.source, groups)
 
@@ -201,7 +220,8 @@ def run_batch(model, plan: Plan, todo: list[Item], seed: int, cancel) -> list[Sa
     t = time.monotonic()
     letters = plan.spec.choices
     if plan.mode == "logprob":
-        scores = model.score_choices([it.prompt for it in todo], continuations(letters, plan.spec.prompts),
+        prompts = plan.spec.prompts_for(plan.request.prompt_template)
+        scores = model.score_choices([it.prompt for it in todo], continuations(letters, prompts),
                                      batch_size=plan.request.batch_size)
         per = (time.monotonic() - t) / len(todo)
         return [score_letters(it, lp, letters, per) for it, lp in zip(todo, scores)]
