@@ -142,7 +142,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks only: always produce max_new_tokens
     # OpenAI-style: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": {...}}};
-    # enforced while decoding, so the reply parses and validates.
+    # enforced while decoding, so the reply parses and validates. Also {"type": "tool_call", "tools": [...]}
+    # (lab.chat.tools.forced_call): the reply is one <tool_call> block calling one of those functions.
     response_format: dict | None = None
 
     def __post_init__(self) -> None:
@@ -329,6 +330,14 @@ class ChatModel(Protocol):
     def encode(self, text: str) -> list[int]:
         """The token ids of `text` (no special tokens added); a LabError where `capabilities.token_ids` is False."""
 
+    # Where `capabilities.token_ids`, a prompt of `generate`, `prompt_logprobs` and `generate_logprobs` may be
+    # token ids (a list of ints, each checked against the vocabulary) instead of text; elsewhere a LabError.
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens included."""
+
+    def tokenizer_info(self) -> dict:
+        """The tokenizer's configuration (class, special tokens, chat template), as vLLM's /tokenizer_info."""
+
     # ---- generation
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams, cancel: threading.Event | None = None,
                     tools: Sequence[dict] | None = None) -> Generator[Chunk, None, None]:
@@ -340,9 +349,9 @@ class ChatModel(Protocol):
         """Several chat replies produced together (one batched generation on a local model); yields (row, Chunk)
         as tokens arrive; each row's last chunk carries its ReplyStats. Closing it ends every row."""
 
-    def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
+    def generate(self, prompts: Sequence[str | Sequence[Message] | Sequence[int]], params: SamplingParams,
                  cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
-        """One completion per prompt (raw text, or chat messages), as batches; `batch_size` None: the model's
+        """One completion per prompt (raw text, chat messages, or token ids), as batches; `batch_size` None: the model's
         own choice (by free memory on CUDA)."""
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str],
@@ -350,10 +359,10 @@ class ChatModel(Protocol):
         """log P(choice | prompt) for every prompt and choice."""
 
     # ---- log-probabilities (where `capabilities.logprobs`)
-    def prompt_logprobs(self, text: str, top: int = 0) -> TokenLogprobs:
+    def prompt_logprobs(self, text: str | Sequence[int], top: int = 0) -> TokenLogprobs:
         """Every token of `text` with log P(token | the tokens before it) and the `top` likeliest alternatives."""
 
-    def generate_logprobs(self, prompt: str, params: SamplingParams, top: int = 0,
+    def generate_logprobs(self, prompt: str | Sequence[int], params: SamplingParams, top: int = 0,
                           cancel: threading.Event | None = None) -> Generated:
         """Continue raw text, with each new token's log-probability and alternatives."""
 

@@ -204,6 +204,22 @@ def normalize_tools(tools: object) -> list[dict]:
     return out
 
 
+def forced_call(tools: list[dict], name: str | None = None) -> dict:
+    """A `response_format` that makes the reply a call (OpenAI's tool_choice "required", or a named function):
+    decoding is held to one <tool_call> block, {"name": one of these functions (or `name`), "arguments": an
+    object valid for that function's parameters}, and then the end of the reply. `tools`: as `normalize_tools`
+    gives them. The model layer compiles it into a grammar (lab.models.hf.grammar), as it does a JSON schema."""
+    fns = [t["function"] for t in normalize_tools(tools)]
+    if name is not None:
+        fns = [f for f in fns if f["name"] == name]
+        if not fns:
+            raise LabError(f"'tool_choice' names the function '{name}', which is not among the tools.")
+    if not fns:
+        raise LabError("A tool call is required, but no tools were given.")
+    return {"type": "tool_call", "named": name is not None,
+            "tools": [{"name": f["name"], "parameters": f["parameters"]} for f in fns]}
+
+
 def load_tools(text: str) -> list[dict]:
     """The page's tools box: JSON holding one tool or a list, each in OpenAI's format or bare
     ({"name", "description", "parameters"}). Empty means no tools."""

@@ -107,8 +107,14 @@ def _fields(params: SamplingParams, seed: int, messages=None, tools=None) -> tup
     fields = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
               "seed": seed, "stop": list(params.stop) or None}
     if messages is not None:
+        fmt = params.response_format or {}
+        forced = fmt.get("type") == "tool_call"  # lab.chat.tools.forced_call: the server's own tool_choice
         fields.update(messages=wire_messages(messages), tools=list(tools) if tools else openai.NOT_GIVEN,
-                      response_format=params.response_format or openai.NOT_GIVEN)
+                      response_format=openai.NOT_GIVEN if forced or not fmt else fmt)
+        if forced:
+            names = [t["name"] for t in fmt["tools"]]
+            fields["tool_choice"] = ({"type": "function", "function": {"name": names[0]}} if fmt.get("named")
+                                     else "required")
     return fields, {"top_k": params.top_k or -1, "repetition_penalty": params.repetition_penalty,
                     "ignore_eos": params.ignore_eos}
 
@@ -336,6 +342,12 @@ class RemoteModel:
     # ---- what needs the model in this process ----------------------------------------------
     def encode(self, text: str) -> list[int]:
         raise LabError(f"{self.info.name} is served from {self.base_url}, which gives token counts, not token ids.")
+
+    def decode(self, ids) -> str:
+        return self.encode("")
+
+    def tokenizer_info(self) -> dict:
+        raise LabError(f"{self.info.name} is served from {self.base_url}; its tokenizer is not in this process.")
 
     def prompt_logprobs(self, text: str, top: int = 0):
         raise LabError(f"Per-token log-probabilities need a model loaded in this process, and {self.info.name} "

@@ -18,12 +18,12 @@ from lab.models.hf.memory import OutOfMemory, rows_that_fit, user_error
 
 def generate(hf, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
              cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
-    """One completion per prompt (raw text, or chat messages rendered with the template); batch `i` starting at
-    prompt `start` runs with seed + start, so a run cut into the same batches draws the same numbers."""
-    texts = [p if isinstance(p, str) else hf.render(p) for p in prompts]
+    """One completion per prompt (raw text, token ids, or chat messages rendered with the template); batch `i`
+    starting at prompt `start` runs with seed + start, so a run cut into the same batches draws the same numbers."""
     cancel = cancel or threading.Event()
     seed = draw_seed(params.seed)
-    rows = [hf.encode(t) for t in texts]
+    rows = [hf.encode(p) if isinstance(p, str) else hf.token_ids(p) if is_token_ids(p) else hf.encode(hf.render(p))
+            for p in prompts]
     if batch_size is None and hf.device.type == "cuda":  # sized by the longest row
         batch_size = rows_that_fit(hf.model.config, max(map(len, rows), default=0) + params.max_new_tokens)
     batch_size = max(1, min(batch_size or 8, len(rows) or 1))
@@ -39,6 +39,11 @@ def generate(hf, prompts: Sequence[str | Sequence[Message]], params: SamplingPar
             continue
         start += batch_size
     return out
+
+
+def is_token_ids(prompt) -> bool:
+    """A prompt given as token ids: a non-empty list of ints (chat messages are a list of dicts)."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(t, int) for t in prompt)
 
 
 def _batch(hf, rows: list[list[int]], params: SamplingParams, cancel: threading.Event, seed: int,

@@ -7,6 +7,10 @@ microseconds). Chosen over Outlines and lm-format-enforcer for that speed, its p
 integration with Transformers 5, and because vLLM and SGLang use it, so a schema behaves the same behind
 `lab.serve` and vLLM.
 
+A forced tool call (OpenAI's tool_choice "required" or a named function) is the same machinery: the grammar is
+the literal `<tool_call>\n`, a JSON object {"name": the function, "arguments": valid for its parameters}, and
+`\n</tool_call>`, then the end of the reply.
+
 A document still open when max new tokens is nearly spent would not parse, so the last `reserve` tokens
 close it: inside a string the closing quote is preferred; outside, the end of the reply, `}`, `]` and
 digits, in that order, among the tokens the grammar allows; when none is allowed, any allowed token but
@@ -23,13 +27,21 @@ import torch
 from transformers import LogitsProcessor
 
 from lab.errors import LabError
-from lab.interface import schema_of
+from lab.interface import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, schema_of
 
 CLOSERS = ("}", "]", *"0123456789")  # preferred, in order, outside a string when the budget runs out
 RESERVE_TOKENS = 48  # at most this many of max new tokens are kept for closing the document
 # Whitespace between tokens is free (models pretty-print), but a run of it is capped: a model can fall
 # into writing newlines forever inside a constrained document. 32 covers indentation 16 levels deep.
 MAX_WHITESPACE = 32
+
+
+def call_schema(fmt: dict) -> dict:
+    """The JSON Schema of the object inside a forced call's <tool_call> block (a `response_format` of type
+    tool_call, as lab.chat.tools.forced_call makes it): name first, then arguments."""
+    options = [{"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
+                "required": ["name", "arguments"], "additionalProperties": False} for t in fmt["tools"]]
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 class Grammars:
@@ -65,6 +77,8 @@ class Grammars:
         schema = schema_of(fmt)
         with self._lock:
             try:
+                if fmt.get("type") == "tool_call":
+                    return self.compiler.compile_grammar(self._tool_call(fmt))
                 if schema is None:  # json_object: any object, as OpenAI's JSON mode promises
                     return self.compiler.compile_json_schema('{"type": "object"}', any_whitespace=True,
                                                              max_whitespace_cnt=MAX_WHITESPACE, strict_mode=False)
@@ -73,6 +87,17 @@ class Grammars:
             except Exception as e:  # xgrammar refuses schema features it cannot express
                 raise LabError(f"The JSON Schema cannot be enforced ({str(e).splitlines()[0]}); "
                                "simplify it or turn the schema off.") from None
+
+    def _tool_call(self, fmt: dict):
+        """One <tool_call> block as Qwen2.5's template writes it, its object held to `call_schema`."""
+        xgr = self.xgr
+
+        def literal(text: str):
+            return xgr.Grammar.from_ebnf(f"root ::= {json.dumps(text)}")
+
+        # No free whitespace: the object reads as the template's tojson writes it ({"name": ..., "arguments": ...}).
+        inner = xgr.Grammar.from_json_schema(json.dumps(call_schema(fmt)), any_whitespace=False, strict_mode=True)
+        return xgr.Grammar.concat(literal(TOOL_CALL_OPEN + "\n"), inner, literal("\n" + TOOL_CALL_CLOSE))
 
     def constraint(self, fmt: dict, rows: int, max_new_tokens: int) -> "GrammarConstraint":
         return GrammarConstraint(self, [self.compile(fmt)] * rows, max_new_tokens)

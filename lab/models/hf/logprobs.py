@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Sequence
 
 import torch
 from transformers import StoppingCriteriaList
@@ -149,10 +150,18 @@ def _score(hf, ids: list[int], top: int) -> tuple[list[float], list[tuple[list[f
     return chosen, tops
 
 
-def prompt_logprobs(hf, text: str, top: int = 0) -> TokenLogprobs:
-    """Every token of `text` with log P(token | the tokens before it), and the top `top` alternatives."""
+def _ids_and_text(hf, prompt: str | Sequence[int]) -> tuple[list[int], str]:
+    """A prompt as raw text or as token ids (`hf.decode` gives their text): its ids and its text."""
+    if isinstance(prompt, str):
+        return hf.encode(prompt), prompt
+    return hf.token_ids(prompt), hf.decode(prompt)
+
+
+def prompt_logprobs(hf, text: str | Sequence[int], top: int = 0) -> TokenLogprobs:
+    """Every token of `text` (or of these token ids) with log P(token | the tokens before it), and the top `top`
+    alternatives."""
     _check_top(top)
-    ids = hf.encode(text)
+    ids, text = _ids_and_text(hf, text)
     if not ids:
         return TokenLogprobs()
     pieces = _Pieces(hf.tok)
@@ -165,14 +174,15 @@ def prompt_logprobs(hf, text: str, top: int = 0) -> TokenLogprobs:
     )
 
 
-def generate_with_logprobs(hf, prompt: str, params: SamplingParams, top: int = 0,
+def generate_with_logprobs(hf, prompt: str | Sequence[int], params: SamplingParams, top: int = 0,
                            cancel: threading.Event | None = None) -> Generated:
-    """Continue `prompt` (raw text, no chat template) and return each new token's log-probability and
-    top alternatives, read from the raw logits of the very step that chose it."""
+    """Continue `prompt` (raw text, no chat template, or token ids) and return each new token's log-probability
+    and top alternatives, read from the raw logits of the very step that chose it. A `response_format` (JSON
+    mode, a forced tool call) is enforced as in any reply; the numbers stay the raw logits', before its mask."""
     _check_top(top)
-    ids = hf.encode(prompt)
+    ids, _ = _ids_and_text(hf, prompt)
     eos = hf.eos_ids
-    kw = generate_kwargs([params], [0], len(ids), eos, hf.pad_id)
+    kw = generate_kwargs([params], [0], len(ids), eos, hf.pad_id, hf.constraint(params, rows=1))
     if params.stop:
         kw.update(stop_strings=list(params.stop), tokenizer=hf.tok)
     cancel = cancel or threading.Event()

@@ -85,6 +85,30 @@ class HFModel:
         # The chat template already wrote every special token; adding BOS/EOS here would double them.
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def token_ids(self, ids: Sequence[int]) -> list[int]:
+        """Token ids a caller gave (a prompt as ids), checked against the vocabulary: an id past it would index
+        past the embedding (on CUDA, a device-side assert that takes the process down)."""
+        vocab = min(len(self.tok), self.model.config.vocab_size)
+        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise LabError(f"Token id {bad!r} is not in {self.info.name}'s vocabulary (0 to {vocab - 1:,}).")
+        return list(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens included (what a prompt given as ids reads as)."""
+        return self.tok.decode(self.token_ids(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def tokenizer_info(self) -> dict:
+        """The tokenizer's configuration as vLLM's GET /tokenizer_info gives it (tokenizer_config.json's fields
+        that clients read: its class, special tokens, chat template, length), so a client can tokenize as we do."""
+        tok = self.tok
+        info = {"tokenizer_class": type(tok).__name__, "model_max_length": self.info.context_length,
+                "bos_token": tok.bos_token, "eos_token": tok.eos_token, "pad_token": tok.pad_token,
+                "unk_token": tok.unk_token, "chat_template": getattr(tok, "chat_template", None),
+                "clean_up_tokenization_spaces": bool(getattr(tok, "clean_up_tokenization_spaces", False)),
+                "add_bos_token": bool(getattr(tok, "add_bos_token", False)), "vocab_size": len(tok)}
+        return info
+
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
@@ -133,7 +157,7 @@ class HFModel:
         yield from streaming.stream(self, rows, params, cancel, t0,
                                     oom_hint="lower max new tokens or use fewer panes")
 
-    def generate(self, prompts: Sequence[str | Sequence[Message]], params: SamplingParams,
+    def generate(self, prompts: Sequence[str | Sequence[Message] | Sequence[int]], params: SamplingParams,
                  cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:
         return batch.generate(self, prompts, params, cancel, batch_size)
 
@@ -146,10 +170,10 @@ class HFModel:
         """Token ids of context and continuation, split the way likelihood harnesses do."""
         return self.scorer.split_context(context, continuation)
 
-    def prompt_logprobs(self, text: str, top: int = 0):
+    def prompt_logprobs(self, text: str | Sequence[int], top: int = 0):
         return logprobs.prompt_logprobs(self, text, top)
 
-    def generate_logprobs(self, prompt: str, params: SamplingParams, top: int = 0,
+    def generate_logprobs(self, prompt: str | Sequence[int], params: SamplingParams, top: int = 0,
                           cancel: threading.Event | None = None):
         return logprobs.generate_with_logprobs(self, prompt, params, top, cancel)
 
