@@ -34,15 +34,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from lab.errors import LabError
-from lab.interface import MAX_NEW_TOKENS, TokenLogprobs
+from lab.serve.work import chat_budget, chat_rows, complete
 from lab.pump import END, TICK, Pump
-from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_message, finish_reason, new_id, openai_calls,
-                               sse, usage)
-from lab.serve.requests import ChatCompletionBody, CompletionBody, TokenizeBody, api_error
+from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_logprobs, chat_message, fingerprint,
+                               finish_reason, new_id, openai_calls, sse, usage)
+from lab.serve.requests import ChatCompletionBody, CompletionBody, DetokenizeBody, TokenizeBody, api_error
 
 GRACE_S = 3  # on Ctrl-C or SIGTERM, open streams (a page's event stream, a long reply) get this long to end
-ROUTES = "/v1/chat/completions, /v1/completions, /v1/models, /tokenize and /health"
-API_PATHS = ("/v1/", "/tokenize")  # what the body limit guards (beside the page, Gradio's uploads are its own)
+ROUTES = "/v1/chat/completions, /v1/completions, /v1/models, /tokenize, /detokenize, /tokenizer_info and /health"
+API_PATHS = ("/v1/", "/tokenize", "/detokenize")  # what the body limit guards (beside the page, Gradio's uploads are its own)
 MAX_BODY_BYTES = 16 * 2**20  # a 128K-token conversation is under 1 MiB of text
 
 
@@ -224,6 +224,21 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
     async def model_card(name: str) -> dict:
         return card(served(name))
 
+    def tokenizer_of(model):
+        if not model.capabilities.token_ids:
+            raise ApiError(400, f"{model.info.name} is served from elsewhere, so its tokenizer is not here.")
+        return model
+
+    @app.get("/tokenizer_info", dependencies=auth)
+    async def tokenizer_info() -> dict:
+        model = tokenizer_of(served(None))
+        return await _next(Pump(lambda put: put(model.tokenizer_info()), name="lab-serve"))
+
+    @app.post("/detokenize", dependencies=auth)
+    async def detokenize(body: DetokenizeBody) -> dict:
+        model = tokenizer_of(served(body.model))
+        return await _next(Pump(lambda put: put({"prompt": model.decode(body.tokens)}), name="lab-serve"))
+
     @app.post("/tokenize", dependencies=auth)
     async def tokenize(body: TokenizeBody) -> dict:
         model = served(body.model)
@@ -242,17 +257,17 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
     async def chat_completions(body: ChatCompletionBody, request: Request):
         req = body.request()
         model = served(req.model)
-        rid, created, name, cancel = new_id("chatcmpl"), int(time.time()), model.info.name, threading.Event()
+        if req.logprobs and not model.capabilities.logprobs:
+            raise ApiError(400, f"'logprobs' needs a model loaded in this process, and {model.info.name} is served "
+                                "from elsewhere.", param="logprobs")
+        head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": model.info.name,
+                "system_fingerprint": fingerprint(model)}
+        if req.n > 1 or req.logprobs:  # rows computed whole, then sent (streamed: as events)
+            return await _whole_chat(model, req, head, request)
+        cancel = threading.Event()
 
         def work(put) -> None:
-            max_tokens = req.max_tokens
-            if max_tokens is None:  # as vLLM: whatever the context leaves after the prompt
-                used = model.count_chat_tokens(req.messages, req.tools)
-                max_tokens = min(model.info.context_length - used, MAX_NEW_TOKENS)
-                if max_tokens < 1:
-                    raise LabError(f"The messages take {used:,} tokens, which fills {name}'s context of "
-                                   f"{model.info.context_length:,} tokens; shorten them.")
-            params = replace(req.params, max_new_tokens=max_tokens)
+            params = replace(req.params, max_new_tokens=chat_budget(model, req))
             for chunk in model.stream_chat(req.messages, params, cancel, tools=req.tools):
                 put(chunk)
 
@@ -269,7 +284,7 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
             raise
         if not req.stream:
             message, called = chat_message(text, req.tools)
-            return {"id": rid, "object": "chat.completion", "created": created, "model": name,
+            return {**head, "object": "chat.completion",
                     "choices": [{"index": 0, "message": message, "logprobs": None,
                                  "finish_reason": finish_reason(stats.finish_reason, called)}],
                     "usage": usage(stats.prompt_tokens, stats.completion_tokens)}
@@ -278,7 +293,7 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
             nonlocal item
 
             def chunk(delta: dict, finish: str | None = None) -> str:
-                return sse(chat_chunk(rid, created, name, delta, finish, req.include_usage))
+                return sse(chat_chunk(head, delta, finish, req.include_usage))
 
             try:
                 yield chunk({"role": "assistant", "content": ""})
@@ -302,84 +317,98 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
                         yield chunk({"tool_calls": [{"index": i, **call}]})
                     yield chunk({}, finish_reason(stats.finish_reason, bool(stream.calls)))
                     if req.include_usage:
-                        yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
-                                   "choices": [], "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
+                        yield sse({**head, "object": "chat.completion.chunk", "choices": [],
+                                   "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
                 yield sse("[DONE]")
             finally:  # the client went away (the task is cancelled) or the reply is over
                 cancel.set()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _events(events())
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionBody, request: Request):
         req = body.request()
         model = served(req.model)
         rid, created, name, cancel = new_id("cmpl"), int(time.time()), model.info.name, threading.Event()
-        pump = Pump(lambda put: put(_complete(model, req, cancel)), name="lab-serve")
+        pump = Pump(lambda put: put(complete(model, req, cancel)), name="lab-serve")
         try:
             async with _cancelled_on_disconnect(request, cancel):
                 choices, used = await _next(pump)
         except BaseException:
             cancel.set()
             raise
-        reply = {"id": rid, "object": "text_completion", "created": created, "model": name, "choices": choices,
-                 "usage": usage(*used)}
+        reply = {"id": rid, "object": "text_completion", "created": created, "model": name,
+                 "system_fingerprint": fingerprint(model), "choices": choices, "usage": usage(*used)}
         if not req.stream:
             return reply
 
-        async def events():  # computed whole, then sent as server-sent events: one chunk per prompt
+        async def events():  # computed whole, then sent as server-sent events: one chunk per row
             for choice in choices:
                 yield sse({**reply, "choices": [choice], "usage": None})
             if req.include_usage:
                 yield sse({**reply, "choices": []})
             yield sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _events(events())
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    for path in ("/v1/{rest:path}", "/tokenize", "/health"):  # last: the routes above match first
+    for path in ("/v1/{rest:path}", "/tokenize", "/detokenize", "/tokenizer_info", "/health"):  # last: the routes above match first
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False, name="unknown")
     return app
 
 
-def _complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int, int]]:
-    """The choices of a /v1/completions request and its (prompt, completion) token counts."""
-    scored = req.logprobs is not None or req.echo
-    if scored and not model.capabilities.logprobs:
-        raise ApiError(400, f"'logprobs' and 'echo' need a model loaded in this process, and {model.info.name} "
-                            "is served from elsewhere.", param="logprobs")
-    context = model.info.context_length
-    counts = [model.count_tokens(p) for p in req.prompts]
-    for i, n in enumerate(counts):
-        if n == 0 and (req.max_tokens or req.logprobs is not None):  # nothing to continue or to score
-            raise ApiError(400, f"Prompt {i + 1} is empty; a completion continues text, so send some.", param="prompt")
-        if n + req.max_tokens > context:
-            raise ApiError(400, f"Prompt {i + 1} ({n:,} tokens) plus max_tokens ({req.max_tokens:,}) exceeds "
-                                f"{model.info.name}'s context of {context:,} tokens; shorten it.", param="prompt")
-    top = req.logprobs or 0
-    choices, generated = [], 0
-    if not scored and req.max_tokens:
-        params = replace(req.params, max_new_tokens=req.max_tokens)
-        for i, c in enumerate(model.generate(req.prompts, params, cancel)):
-            choices.append({"index": i, "text": c.text, "logprobs": None,
-                            "finish_reason": finish_reason(c.finish_reason)})
-            generated += c.completion_tokens
-        return choices, (sum(counts), generated)
-    for i, prompt in enumerate(req.prompts):
-        text, lp, reason = "", TokenLogprobs(), "length"
-        if req.max_tokens:
-            params = replace(req.params, max_new_tokens=req.max_tokens,
-                             seed=None if req.params.seed is None else req.params.seed + i)
-            out = model.generate_logprobs(prompt, params, top, cancel)
-            text, lp, reason = out.text, out.logprobs, out.finish_reason
-            generated += out.completion_tokens
-        if req.echo:
-            if req.logprobs is not None:
-                lp = model.prompt_logprobs(prompt, top).extend(lp, offset=len(prompt))
-            text = prompt + text
-        choices.append({"index": i, "text": text, "logprobs": lp.to_openai() if req.logprobs is not None else None,
-                        "finish_reason": finish_reason(reason)})
-    return choices, (sum(counts), generated)
+def _events(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _whole_chat(model, req, head: dict, request: Request):
+    """A chat request's rows computed whole, then answered as one reply or, streamed, as each row's events in
+    turn: with log-probabilities a chunk per token (its text and its entry), else the row's text at once."""
+    cancel = threading.Event()
+    pump = Pump(lambda put: put(chat_rows(model, req, cancel)), name="lab-serve")
+    try:
+        async with _cancelled_on_disconnect(request, cancel):
+            rows, used = await _next(pump)
+    except BaseException:
+        cancel.set()
+        raise
+    total = usage(used, sum(r["tokens"] for r in rows))
+    top = req.top_logprobs
+    if not req.stream:
+        choices = []
+        for i, r in enumerate(rows):
+            message, called = chat_message(r["text"], req.tools)
+            lp = None if r["logprobs"] is None else {"content": chat_logprobs(r["logprobs"], top)}
+            choices.append({"index": i, "message": message, "logprobs": lp,
+                            "finish_reason": finish_reason(r["finish"], called)})
+        return {**head, "object": "chat.completion", "choices": choices, "usage": total}
+
+    def chunk(i: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> str:
+        return sse(chat_chunk(head, delta, finish, req.include_usage, index=i, logprobs=logprobs))
+
+    async def events():
+        for i, r in enumerate(rows):
+            yield chunk(i, {"role": "assistant", "content": ""})
+            stream, lp, text = ToolCallStream(req.tools), r["logprobs"], r["text"]
+            if lp is None:
+                piece = stream.feed(text)
+                if piece:
+                    yield chunk(i, {"content": piece})
+            else:  # token k's text is text[offset k : offset k+1] (empty for the first bytes of a split character)
+                ends = [*lp.text_offset[1:], len(text)]
+                for k, (start, end) in enumerate(zip(lp.text_offset, ends)):
+                    yield chunk(i, {"content": stream.feed(text[start:end])}, logprobs=chat_logprobs(lp, top, k, k + 1))
+            rest = stream.finish()
+            if rest:
+                yield chunk(i, {"content": rest})
+            for c, call in enumerate(openai_calls(stream.calls)):
+                yield chunk(i, {"tool_calls": [{"index": c, **call}]})
+            yield chunk(i, {}, finish_reason(r["finish"], bool(stream.calls)))
+        if req.include_usage:
+            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": total})
+        yield sse("[DONE]")
+
+    return _events(events())
 
 
 def launch_with_api(demo, manager, *, host: str, port: int, api_key: str | None = None,

@@ -2,7 +2,8 @@
 tool calls, stream chunks and server-sent events, as OpenAI's API and its SDKs expect them.
 
     raise ApiError(404, "The model 'x' does not exist here.", code="model_not_found")
-    yield sse(chat_chunk(rid, created, model, {"content": "Hi"}))
+    head = {"id": rid, "created": created, "model": name, "system_fingerprint": fingerprint(model)}
+    yield sse(chat_chunk(head, {"content": "Hi"}))
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lab.chat.tools import parse_tool_calls
 from lab.interface import TOOL_CALL_OPEN as OPEN
+from lab.interface import TokenLogprobs
 
 
 class ApiError(Exception):
@@ -43,6 +45,32 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def fingerprint(model) -> str:
+    """OpenAI's `system_fingerprint`: which variant of the model answered, as qwen-lab/MODEL/QUANT/DECODE, where
+    DECODE is "fast" (lab.engine's decoders), "plain" (Transformers' generate) or "remote" (another server).
+    MODEL may hold slashes (a Hub id, a path): read the last two fields from the right."""
+    info = model.info
+    decode = ("remote" if info.device == "remote" else
+              "fast" if getattr(model, "fast_off_reason", "plain") is None else "plain")
+    return f"qwen-lab/{info.name}/{info.quant}/{decode}"
+
+
+def _alternative(token: str, logprob: float) -> dict:
+    # The token's text as decoded: a character split over byte-level tokens reads as U+FFFD in each, so its
+    # bytes are U+FFFD's (vLLM's rule too), not the raw bytes of the piece.
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def chat_logprobs(lp: TokenLogprobs, top: int, start: int = 0, end: int | None = None) -> list[dict]:
+    """Tokens start..end of a reply in OpenAI's chat shape (`choices[i].logprobs.content`): each {token, logprob,
+    bytes, top_logprobs: the `top` likeliest alternatives, likeliest first}."""
+    out = []
+    for token, value, alts in list(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs))[start:end]:
+        best = sorted((alts or {}).items(), key=lambda kv: -kv[1])[:top]
+        out.append({**_alternative(token, value), "top_logprobs": [_alternative(t, v) for t, v in best]})
+    return out
+
+
 def finish_reason(reason: str, calls: bool = False) -> str:
     if calls:
         return "tool_calls"
@@ -64,10 +92,12 @@ def chat_message(text: str, tools: list[dict] | None) -> tuple[dict, bool]:
     return {"role": "assistant", "content": text}, False
 
 
-def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None = None,
-               with_usage: bool = False) -> dict:
-    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+def chat_chunk(head: dict, delta: dict, finish: str | None = None, with_usage: bool = False, index: int = 0,
+               logprobs: list[dict] | None = None) -> dict:
+    """One chunk of a streamed chat reply; `head`: its id, created, model and system_fingerprint."""
+    chunk = {**head, "object": "chat.completion.chunk", "choices": [
+        {"index": index, "delta": delta, "logprobs": None if logprobs is None else {"content": logprobs},
+         "finish_reason": finish}]}
     if with_usage:
         chunk["usage"] = None  # OpenAI's shape: null on every chunk but the last, which carries the counts
     return chunk

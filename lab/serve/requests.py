@@ -9,8 +9,10 @@ Sampling fields map onto `SamplingParams`: temperature (0 is greedy), top_p, max
 max_completion_tokens, seed, stop, and vLLM's top_k (-1 is off) and repetition_penalty. Every number is checked by
 the project's one rule (`lab.interface.LIMITS`: finite, in range), as the page and the CLIs check theirs. A field left out
 takes the model's own default (`SamplingParams()`, Qwen2.5-Instruct's generation_config), as vLLM does, not
-OpenAI's temperature 1. Unknown fields are ignored; known ones this server cannot honour (n > 1, a non-zero
-frequency or presence penalty, logit_bias, a forced tool) are refused with one sentence, not dropped. Text that is
+OpenAI's temperature 1. Unknown fields are ignored; known ones this server cannot honour (best_of > 1, a non-zero
+frequency or presence penalty, logit_bias) are refused with one sentence, not dropped. `n` (1 to N_MAX) asks for
+that many rows of one request: row k runs with seed + k (the request's seed, else one drawn), so it is the reply
+an n = 1 request with that seed gets. A completion's prompt may be token ids (a list of ints, a list of such lists). Text that is
 not valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell) is refused wherever it is.
 """
 
@@ -27,7 +29,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from lab.chat.conversation import parse_history
 from lab.chat.json_mode import check_schema
-from lab.chat.tools import load_tools
+from lab.chat.tools import forced_call, load_tools
 from lab.errors import LabError
 from lab.interface import LIMITS, Message, SamplingParams, check_number, lone_surrogate
 from lab.serve.replies import ApiError
@@ -98,12 +100,19 @@ def _whole(value):
 
 Int = Annotated[int, BeforeValidator(_whole)]
 MESSAGES = "'messages' must be a non-empty list of {\"role\", \"content\"} messages."
-CHAT_LOGPROBS = "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."
+TOOL_CHOICE_SCHEMA = {"anyOf": [{"enum": ["auto", "none", "required"]}, {
+    "type": "object", "required": ["type", "function"],
+    "properties": {"type": {"const": "function"}, "function": {
+        "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]}
+N_MAX = 16  # rows of one request; sampled rows run one after another (each with its own seed)
 MESSAGES_SCHEMA = {"type": "array", "minItems": 1, "items": {
     "type": "object", "required": ["role", "content"],
     "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
                    "content": {"type": ["string", "null"]}}}}
-PROMPT = "'prompt' must be a string or a non-empty list of strings (token ids are not accepted)."
+PROMPT = ("'prompt' must be a string, a non-empty list of strings, a non-empty list of token ids (integers) or a list "
+          "of such lists.")
+TOOL_CHOICE = ("'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": "
+               "{\"name\": NAME}}.")
 
 
 class _Body(BaseModel):
@@ -126,7 +135,7 @@ class _Body(BaseModel):
 class _Sampling(_Body):
     default_max_tokens: ClassVar[int | None] = None  # None: the route decides (a chat: what the context leaves)
 
-    n: Annotated[Int | None, Field(ge=1)] = None
+    n: Annotated[Int | None, Field(ge=1, le=N_MAX)] = None
     best_of: Annotated[Int | None, Field(ge=1)] = None
     frequency_penalty: Annotated[float | None, limited("frequency_penalty"), unsupported(
         "'frequency_penalty' is not supported; use 'repetition_penalty' (1.0 is off).")] = None
@@ -147,12 +156,11 @@ class _Sampling(_Body):
         "'stream_options' must be an object like {\"include_usage\": true}.")] = None
     _params: SamplingParams = PrivateAttr()
 
-    @field_validator("n", "best_of")
+    @field_validator("best_of")
     @classmethod
-    def _one_at_a_time(cls, value, info: ValidationInfo):
+    def _one_at_a_time(cls, value):
         if value is not None and value > 1:
-            why = " (one generation at a time)" if info.field_name == "n" else ""
-            raise refuse(f"'{info.field_name}' must be 1 on this server{why}, got {value}.")
+            raise refuse(f"'best_of' must be 1 on this server (use 'n' for several rows), got {value}.")
         return value
 
     @model_validator(mode="after")
@@ -193,10 +201,14 @@ def _messages(raw: list) -> list[Message]:
 
 
 def _tool_choice(value):
-    if value not in ("auto", "none", None):
-        raise refuse("'tool_choice' must be \"auto\" or \"none\" on this server; the model decides when to call a "
-                     "tool.")
-    return value
+    """"auto", "none", "required", or the name of the function to call (OpenAI's {"type": "function", ...})."""
+    if value in ("auto", "none", "required", None):
+        return value
+    fn = value.get("function") if isinstance(value, dict) and value.get("type") == "function" else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str) or not name:
+        raise refuse(TOOL_CHOICE)
+    return {"name": name}
 
 
 def _tools(tools, info: ValidationInfo) -> list[dict] | None:
@@ -237,17 +249,21 @@ class ChatRequest:
     tools: list[dict] | None = None
     stream: bool = False
     include_usage: bool = False
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with `logprobs`
 
 
 class ChatCompletionBody(_Sampling):
     """POST /v1/chat/completions. After validation `messages`, `tools` and `response_format` are normalized."""
 
     messages: Annotated[list, Otherwise(MESSAGES), AfterValidator(_messages), WithJsonSchema(MESSAGES_SCHEMA)]
-    logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
-    top_logprobs: Annotated[Any, unsupported(CHAT_LOGPROBS, "logprobs")] = None
+    logprobs: Annotated[bool | None, Otherwise("'logprobs' must be true or false.")] = None
+    top_logprobs: Annotated[Int | None, limited("logprobs", "top_logprobs")] = None
     response_format: Annotated[Any, AfterValidator(_response_format)] = None
-    tool_choice: Annotated[Any, AfterValidator(_tool_choice)] = "auto"
+    tool_choice: Annotated[Any, AfterValidator(_tool_choice), WithJsonSchema(TOOL_CHOICE_SCHEMA)] = "auto"
     tools: Annotated[Any, AfterValidator(_tools)] = None  # None with tool_choice "none"
+    _forced: dict | None = PrivateAttr(None)  # the forced call's response_format (tool_choice required or named)
 
     @model_validator(mode="after")
     def _chat(self):
@@ -256,24 +272,35 @@ class ChatCompletionBody(_Sampling):
         if self.tools and self.response_format:
             raise refuse("'response_format' constrains the whole reply, so it cannot be combined with 'tools'.",
                          "response_format")
+        if self.top_logprobs and not self.logprobs:
+            raise refuse("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
+        if self.tool_choice == "required" or isinstance(self.tool_choice, dict):
+            if not self.tools:
+                raise refuse("'tool_choice' asks for a tool call, so send the functions in 'tools'.", "tool_choice")
+            try:
+                self._forced = forced_call(self.tools, self.tool_choice.get("name")
+                                           if isinstance(self.tool_choice, dict) else None)
+            except LabError as e:
+                raise refuse(str(e), "tool_choice") from None
         return self
 
     def request(self) -> ChatRequest:
-        params = replace(self._params, response_format=self.response_format)
+        params = replace(self._params, response_format=self._forced or self.response_format)
         return ChatRequest(self.model, self.messages, params, self.asked_max_tokens, self.tools, bool(self.stream),
-                           self.include_usage)
+                           self.include_usage, self.n or 1, bool(self.logprobs), self.top_logprobs or 0)
 
 
 @dataclass
 class CompletionRequest:
     model: str | None
-    prompts: list[str]
+    prompts: list[str | list[int]]  # text, or token ids
     params: SamplingParams
     max_tokens: int  # 0: nothing is generated (with echo: score the prompt)
     echo: bool = False
     logprobs: int | None = None  # top alternatives per token; None: no log-probabilities
     stream: bool = False
     include_usage: bool = False
+    n: int = 1  # rows per prompt: choice k is prompt k // n
 
 
 class CompletionBody(_Sampling):
@@ -281,16 +308,26 @@ class CompletionBody(_Sampling):
 
     default_max_tokens: ClassVar[int] = 16  # OpenAI's default for completions
 
-    prompt: Annotated[str | Annotated[list[str], Field(min_length=1)], Otherwise(PROMPT)]
+    # OpenAI's four shapes: text, texts, token ids, lists of token ids (each checked against the vocabulary later)
+    prompt: Annotated[str | Annotated[list[str], Field(min_length=1)] | Annotated[list[Int], Field(min_length=1)]
+                      | Annotated[list[Annotated[list[Int], Field(min_length=1)]], Field(min_length=1)],
+                      Otherwise(PROMPT)]
     suffix: Annotated[Any, unsupported("'suffix' is not supported.")] = None
     logprobs: Annotated[Int | None, limited("logprobs")] = None
     echo: Annotated[bool, Otherwise("'echo' must be true or false.")] = False
 
     def request(self) -> CompletionRequest:
         asked = self.asked_max_tokens
-        return CompletionRequest(self.model, [self.prompt] if isinstance(self.prompt, str) else self.prompt,
+        one = isinstance(self.prompt, str) or isinstance(self.prompt[0], int)  # a text, or one prompt's ids
+        return CompletionRequest(self.model, [self.prompt] if one else self.prompt,
                                  self._params, self.default_max_tokens if asked is None else asked, self.echo,
-                                 self.logprobs, bool(self.stream), self.include_usage)
+                                 self.logprobs, bool(self.stream), self.include_usage, self.n or 1)
+
+
+class DetokenizeBody(_Body):
+    """vLLM's POST /detokenize: token ids back to text."""
+
+    tokens: Annotated[list[Int], Otherwise("'tokens' must be a list of token ids (integers).")]
 
 
 class TokenizeBody(_Body):

@@ -86,12 +86,32 @@ def test_completion_fields():
     assert completion(logprobs=20).logprobs == 20 and completion(prompt="").prompts == [""]
 
 
-TOKEN_IDS = "'prompt' must be a string or a non-empty list of strings (token ids are not accepted)."
+def test_token_id_prompts_and_rows():
+    """OpenAI's four prompt shapes: one token-id prompt is one prompt, a list of them a batch."""
+    assert completion(prompt=[9707, 11]).prompts == [[9707, 11]]
+    assert completion(prompt=[[9707], [11, 12.0]]).prompts == [[9707], [11, 12]]  # 12.0 is the integer 12
+    assert completion(prompt=["a"], n=3).n == 3 and completion().n == 1
+
+
+def test_chat_logprobs_rows_and_forced_tools():
+    req = chat(logprobs=True, top_logprobs=3, n=2)
+    assert (req.logprobs, req.top_logprobs, req.n) == (True, 3, 2)
+    assert chat().params.response_format is None and not chat().logprobs
+    required = chat(tools=[WEATHER], tool_choice="required").params.response_format
+    assert required == {"type": "tool_call", "named": False, "tools": [
+        {"name": "get_current_weather", "parameters": WEATHER["function"]["parameters"]}]}
+    named = chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_current_weather"}})
+    assert named.params.response_format["named"] is True and named.tools == [WEATHER]
+    assert chat(tools=[WEATHER], tool_choice="none").tools is None
+
+
+PROMPT = ("'prompt' must be a string, a non-empty list of strings, a non-empty list of token ids (integers) or a list "
+          "of such lists.")
 PENALTY = "is not supported; use 'repetition_penalty' (1.0 is off)."
 CHAT_REFUSALS = [
-    ({"n": 2}, "n", "'n' must be 1 on this server (one generation at a time), got 2."),
-    ({"n": 0}, "n", "'n' must be at least 1, got 0."),
-    ({"best_of": 3}, "best_of", "'best_of' must be 1 on this server, got 3."),
+    ({"n": 17}, "n", "'n' must be between 1 and 16, got 17."),
+    ({"n": 0}, "n", "'n' must be between 1 and 16, got 0."),
+    ({"best_of": 3}, "best_of", "'best_of' must be 1 on this server (use 'n' for several rows), got 3."),
     ({"frequency_penalty": 0.5}, "frequency_penalty", f"'frequency_penalty' {PENALTY}"),
     ({"presence_penalty": -1}, "presence_penalty", f"'presence_penalty' {PENALTY}"),
     ({"presence_penalty": 3}, "presence_penalty", "'presence_penalty' must be a number between -2 and 2, got 3."),
@@ -145,12 +165,16 @@ CHAT_REFUSALS = [
     ({"stop": {"a": 1}}, "stop", "'stop' must be a string or a list of strings."),
     ({"model": 3}, "model", "'model' must be a string."),
     ({"stream_options": True}, "stream_options", "'stream_options' must be an object like {\"include_usage\": true}."),
-    ({"logprobs": True}, "logprobs",
-     "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."),
-    ({"top_logprobs": 2}, "logprobs",
-     "Log-probabilities are served by /v1/completions ('logprobs' there), not by chat completions."),
+    ({"logprobs": 1}, "logprobs", "'logprobs' must be true or false."),
+    ({"top_logprobs": 2}, "top_logprobs", "'top_logprobs' needs 'logprobs': true."),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs",
+     "'top_logprobs' must be a whole number between 0 and 20, got 21."),
     ({"tool_choice": "required"}, "tool_choice",
-     "'tool_choice' must be \"auto\" or \"none\" on this server; the model decides when to call a tool."),
+     "'tool_choice' asks for a tool call, so send the functions in 'tools'."),
+    ({"tool_choice": "any"}, "tool_choice",
+     "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": NAME}}."),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}, "tools": [WEATHER]}, "tool_choice",
+     "'tool_choice' names the function 'get_time', which is not among the tools."),
     ({"tools": [{"description": "no name"}]}, "tools", "Tool 1 has no 'name'."),
     ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format",
      "'response_format' constrains the whole reply, so it cannot be combined with 'tools'."),
@@ -178,9 +202,11 @@ def test_chat_refusals_are_one_sentence_with_their_param(fields, param, sentence
 
 
 COMPLETION_REFUSALS = [
-    ({"prompt": [1, 2, 3]}, "prompt", TOKEN_IDS),
-    ({"prompt": []}, "prompt", TOKEN_IDS),
-    ({"prompt": None}, "prompt", TOKEN_IDS),
+    ({"prompt": [1, "two"]}, "prompt", PROMPT),
+    ({"prompt": [1.5]}, "prompt", PROMPT),
+    ({"prompt": [[1], []]}, "prompt", PROMPT),
+    ({"prompt": []}, "prompt", PROMPT),
+    ({"prompt": None}, "prompt", PROMPT),
     ({"logprobs": 21}, "logprobs", "'logprobs' must be a whole number between 0 and 20, got 21."),
     ({"logprobs": -1}, "logprobs", "'logprobs' must be a whole number between 0 and 20, got -1."),
     ({"prompt": ["fine", "\udc80"]}, "prompt",
@@ -190,7 +216,7 @@ COMPLETION_REFUSALS = [
     ({"logprobs": 2.5}, "logprobs", "'logprobs' must be an integer, got 2.5."),
     ({"echo": "yes"}, "echo", "'echo' must be true or false."),
     ({"suffix": "The end."}, "suffix", "'suffix' is not supported."),
-    ({"n": 2}, "n", "'n' must be 1 on this server (one generation at a time), got 2."),
+    ({"n": 17}, "n", "'n' must be between 1 and 16, got 17."),
     ({"max_tokens": 1.5}, "max_tokens", "'max_tokens' must be an integer, got 1.5."),
 ]
 
@@ -203,7 +229,7 @@ def test_completion_refusals_are_one_sentence_with_their_param(fields, param, se
 
 
 def test_a_missing_prompt_or_messages_is_refused():
-    assert refused(parse_completion, {}).message == TOKEN_IDS
+    assert refused(parse_completion, {}).message == PROMPT
     assert refused(parse_chat, {}).param == "messages"
 
 
