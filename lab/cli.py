@@ -1,7 +1,7 @@
 """What the commands share: the model flags of `app.py`, `python -m lab.serve` and `python -m lab.eval`, the load
 request they make, and how a command ends on a user's mistake (one sentence on stderr, exit status 2).
 
-    add_model_flags(parser)                  # --model --quant --no-double-quant --device --context
+    add_model_flags(parser)                  # --model --gguf-file --quant --no-double-quant --device --context
     parser.add_argument("--seed", type=number("seed"))   # the one rule for numbers: a LabError while parsing
     manager.load(load_request(args))
     sys.exit(user_errors(main)(argv))        # a LabError: "error: <sentence>", status 2
@@ -20,9 +20,10 @@ from lab.interface import check_number
 from lab.models.manager import LoadRequest
 from lab.models.registry import DEVICES, QUANTS
 
-MODEL_HELP = ("registry name, Hub id (owner/name), local checkpoint directory, or openai:BASE_URL#MODEL for a model "
-              "behind an OpenAI-compatible server; default: Qwen2.5-7B-Instruct on CUDA, Qwen2.5-0.5B-Instruct on a "
-              "CPU; tiny-random works offline")
+MODEL_HELP = ("registry name, Hub id (owner/name), local checkpoint directory, a GGUF file (path/to/file.gguf, or "
+              "owner/name/file.gguf on the Hub), or openai:BASE_URL#MODEL for a model behind an OpenAI-compatible "
+              "server; default: Qwen2.5-7B-Instruct on CUDA, Qwen2.5-0.5B-Instruct on a CPU; tiny-random works "
+              "offline")
 
 
 def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
@@ -30,6 +31,10 @@ def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
     defaults (what a Space sets)."""
     get = os.environ.get if env else (lambda name, default=None: default)
     p.add_argument("--model", default=get("LAB_MODEL"), help=MODEL_HELP)
+    p.add_argument("--gguf-file", default=get("LAB_GGUF_FILE"), metavar="NAME",
+                   help="a GGUF file in the Hub repository (or local folder) --model names, e.g. "
+                        "--model Qwen/Qwen2.5-7B-Instruct-GGUF --gguf-file qwen2.5-7b-instruct-q4_k_m.gguf; its "
+                        "weights are dequantized into --quant's dtype (4bit/8bit re-quantize them on CUDA)")
     p.add_argument("--quant", default=get("LAB_QUANT", "auto"), choices=QUANTS,
                    help="auto: 4-bit for 7B+ on CUDA, 16-bit for smaller models, fp32/bf16 on a CPU")
     p.add_argument("--no-double-quant", action="store_true", help="4-bit without quantizing the scales")
@@ -57,7 +62,9 @@ def number(field: str) -> Callable[[str], int | float]:
 
 def load_request(args: argparse.Namespace, model: str | None = None, quant: str | None = None) -> LoadRequest:
     """The load request the flags ask for (`model` and `quant` override them, as a resumed run does)."""
-    return LoadRequest(model or args.model, quant or args.quant, args.device, not args.no_double_quant, args.context)
+    gguf_file = None if model else getattr(args, "gguf_file", None)  # another model named: not this file
+    return LoadRequest(model or args.model, quant or args.quant, args.device, not args.no_double_quant, args.context,
+                       gguf_file)
 
 
 def user_errors(main: Callable[..., int]) -> Callable[..., int]:

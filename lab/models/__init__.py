@@ -6,6 +6,8 @@ serves (`manager`), Transformers models loaded here (`hf`), models behind an Ope
     model = load_model("Qwen2.5-7B-Instruct", quant="4bit")   # CUDA + bitsandbytes
     model = load_model("tiny-random")                         # offline, any CPU
     model = load_model("/path/to/checkpoint")                 # a local Transformers checkpoint
+    model = load_model("/path/to/model-q4_k_m.gguf")          # a GGUF file, dequantized on loading
+    model = load_model("Qwen/Qwen2.5-7B-Instruct-GGUF", gguf_file="qwen2.5-7b-instruct-q4_k_m.gguf")
     model = load_model("openai:http://127.0.0.1:8000/v1#Qwen2.5-7B-Instruct")   # a server
 """
 
@@ -24,6 +26,7 @@ from lab.models.registry import (
     check_quant_possible,
     checkpoint_bytes,
     fetch_checkpoint,
+    fetch_gguf,
     pick_device,
     resolve_quant,
     resolve_spec,
@@ -34,13 +37,16 @@ __all__ = ["DEFAULT_CPU", "DEFAULT_CUDA", "DEVICES", "QUANTS", "REGISTRY", "TINY
 
 
 def load_model(name: str | None = None, quant: str = "auto", device: str = "auto", double_quant: bool = True,
-               context: int | None = None, api_key: str | None = None):
+               context: int | None = None, api_key: str | None = None, gguf_file: str | None = None):
     """Load a model for chat, evaluation and scoring: an `hf.HFModel`, or for `openai:BASE_URL#MODEL` a
     `remote.RemoteModel` (`api_key`, else LAB_API_KEY or OPENAI_API_KEY). `context` caps the token budget
-    below the model's own context, or stretches it past that with YaRN."""
+    below the model's own context, or stretches it past that with YaRN. A GGUF is `name` ending in .gguf, or
+    `gguf_file`: a file in the Hub repository or local folder `name` (a local path when `name` is None); its
+    weights are dequantized into `quant`'s dtype (`auto`: fp32 on a CPU, bf16 on CUDA; 4bit/8bit re-quantize them
+    with bitsandbytes)."""
     if context is not None and context < MIN_CONTEXT:
         raise LabError(f"--context must be at least {MIN_CONTEXT} tokens, got {context}.")
-    if name and name.strip().startswith("openai:"):
+    if name and name.strip().startswith("openai:") and gguf_file is None:
         if quant not in ("auto", "remote"):
             raise LabError(f"--quant {quant} applies to models loaded here; the server behind {name.strip()} "
                            "chooses its own, so leave --quant out.")
@@ -48,9 +54,14 @@ def load_model(name: str | None = None, quant: str = "auto", device: str = "auto
 
         return connect(name, api_key=api_key, context=context)
     device = pick_device(device)
-    spec = resolve_spec(name, device)
+    spec = resolve_spec(name, device, gguf_file)
     check_quant_possible(quant, device)  # before downloading gigabytes
-    if spec.name == TINY:
+    if spec.gguf_file and spec.hub_id:
+        path = fetch_gguf(spec.hub_id, spec.gguf_file)
+        source = f"{spec.hub_id}/{spec.gguf_file}"
+    elif spec.gguf_file:
+        path, source = spec.gguf_file, spec.gguf_file
+    elif spec.name == TINY:
         from lab.models.tiny import ensure_tiny_checkpoint
 
         path, source = str(ensure_tiny_checkpoint()), TINY

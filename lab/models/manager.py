@@ -20,6 +20,7 @@ class LoadRequest:
     device: str = "auto"
     double_quant: bool = True
     context: int | None = None  # None: the model's own
+    gguf_file: str | None = None  # a GGUF file in the Hub repository or folder `model` (lab.models.load_model)
 
 
 class ModelManager:
@@ -51,19 +52,21 @@ class ModelManager:
             previous, self._request = self._request, request
             self.unload()
             try:
-                self._model = self._loader(request.model, request.quant, request.device, request.double_quant,
-                                           request.context)
+                self._model = self._load(request)
             except LabError as e:
                 self._request = None
                 if previous is None:
                     raise
-                self._model = self._loader(previous.model, previous.quant, previous.device, previous.double_quant,
-                                           previous.context)
+                self._model = self._load(previous)
                 self._request = previous
                 raise LabError(
                     f"{str(e).rstrip('.')}; the previous model ({self._model.info.name}) is loaded again."
                 ) from None
             return self._model
+
+    def _load(self, r: LoadRequest):
+        extra = {"gguf_file": r.gguf_file} if r.gguf_file else {}  # a loader without GGUF support still works
+        return self._loader(r.model, r.quant, r.device, r.double_quant, r.context, **extra)
 
     def unload(self) -> None:
         """Drop the model (its memory goes back); `model` then says that none is loaded."""
