@@ -114,7 +114,42 @@ def _v4_text_as_put_writes_it(c: sqlite3.Connection) -> None:
                           f"WHERE typeof({col}) = 'text' AND instr(CAST({col} AS BLOB), x'00') > 0")
 
 
-MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it)  # index i brings version i to version i + 1
+QUANT_REPORTS = """
+CREATE TABLE IF NOT EXISTS quant_reports (
+    id          TEXT PRIMARY KEY,
+    request     TEXT NOT NULL,      -- JSON: the QuantRequest (model, variants, benchmarks, limit, shots, seed, ...)
+    status      TEXT NOT NULL,      -- running, finished, cancelled, failed
+    owner       TEXT,               -- "host:pid" of the process running it
+    created_at  REAL NOT NULL,
+    ended_at    REAL,
+    timing      TEXT                -- JSON: wall time, time inside the runs, overhead (this process's share)
+);
+CREATE TABLE IF NOT EXISTS quant_variants (
+    report_id   TEXT NOT NULL REFERENCES quant_reports(id) ON DELETE CASCADE,
+    variant     TEXT NOT NULL,      -- as asked for: "bf16", "4bit-nodq", "gguf=/path/model.gguf"
+    position    INTEGER NOT NULL,   -- 0 is the reference
+    status      TEXT NOT NULL,      -- pending, done, failed
+    error       TEXT,               -- one sentence when it could not be loaded or run
+    model       TEXT,               -- JSON: the loaded model's ModelInfo
+    measured    TEXT,               -- JSON: load_s, decode_tok_s, ttft_s, weight_bytes, peak_bytes
+    PRIMARY KEY (report_id, variant)
+);
+CREATE TABLE IF NOT EXISTS quant_runs (
+    report_id   TEXT NOT NULL REFERENCES quant_reports(id) ON DELETE CASCADE,
+    variant     TEXT NOT NULL,
+    benchmark   TEXT NOT NULL,      -- as asked for: "mmlu:mini", "humaneval"
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    PRIMARY KEY (report_id, variant, benchmark)
+);
+"""
+
+
+def _v5_quant_reports(c: sqlite3.Connection) -> None:
+    c.executescript(QUANT_REPORTS)
+
+
+# index i brings version i to version i + 1
+MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it, _v5_quant_reports)
 VERSION = len(MIGRATIONS)
 
 

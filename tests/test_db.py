@@ -90,3 +90,24 @@ def test_a_version_3_file_with_a_nul_in_its_text_is_brought_forward_and_its_rows
     store.add_samples("mmlu-old", [s])  # a resumed batch writes the row again: replaced, not doubled
     assert [x.key for x in store.samples("mmlu-old")] == ["anatomy/0", "anatomy/1\x00"]
     assert store.get("mmlu-old").summary == {"overall": {"accuracy": 1.0}}
+
+
+def test_version_5_adds_the_quantization_report_tables_to_a_version_4_file(tmp_path):
+    from lab.eval.store import ReportStore
+
+    with sqlite3.connect(tmp_path / "lab.db") as c:  # a version 4 file: runs, samples and votes, no reports
+        c.executescript(OLD)
+        c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        c.execute("PRAGMA user_version=4")
+    reports = ReportStore.open(tmp_path)
+    assert version(tmp_path / "lab.db") == VERSION >= 5
+    rid = reports.create_report({"model": "m", "variants": ["fp32", "bf16"]}, ["fp32", "bf16"])
+    reports.link_run(rid, "fp32", "mmlu:mini", "mmlu-old")  # a report links ordinary runs
+    reports.set_variant(rid, "bf16", status="failed", error="bf16 could not be loaded.")
+    reports.set_variant(rid, "fp32", status="done", measured={"load_s": 1.0})
+    assert reports.report_runs(rid) == {"fp32": {"mmlu:mini": "mmlu-old"}}
+    rows = {v["variant"]: v for v in reports.variants(rid)}
+    assert [v["position"] for v in reports.variants(rid)] == [0, 1]
+    assert rows["bf16"]["error"] == "bf16 could not be loaded." and rows["fp32"]["measured"] == {"load_s": 1.0}
+    assert reports.report(rid)["state"] == "running"  # this process is alive
+    assert RunStore.open(tmp_path).get("mmlu-old").status == "finished"  # the old runs are untouched

@@ -7,6 +7,8 @@
     python -m lab.eval humaneval --score samples.jsonl                      # no model: score a file
     python -m lab.eval mmlu --resume RUN_ID                                 # finish an interrupted run
     python -m lab.eval list | show RUN_ID | export RUN_ID | compare RUN_A RUN_B
+    python -m lab.eval quant --model M --variants bf16,8bit,4bit --benchmarks mmlu:mini,humaneval   # lab/eval/quant.py
+    python -m lab.eval quant --resume REPORT_ID | --list
 
 Data: --data-dir / LAB_DATA_DIR (the official layouts), else the Hugging Face Hub.
 Run history: runs/lab.db (--runs-dir / LAB_RUNS_DIR). Exit status 0 on success, 2 on a user error.
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab.eval", description=f"Run {', '.join(specs)}; browse, export "
                                 "and compare runs.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{" + ",".join([*specs, "list", "show", "export", "compare"]) + "}")
+                           metavar="{" + ",".join([*specs, "list", "show", "export", "compare", "quant"]) + "}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", help="folder of the run history database lab.db (default runs/, LAB_RUNS_DIR)")
     for name, spec in specs.items():
@@ -76,16 +78,40 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", parents=[common], help="B minus A: accuracy and the samples that flipped")
     cmp.add_argument("run_a")
     cmp.add_argument("run_b")
+    _quant_parser(sub, common)
     return p
+
+
+def _quant_parser(sub, common) -> None:
+    from lab.eval.quant import VARIANT_HELP
+
+    q = sub.add_parser("quant", parents=[common], help="what quantization costs: variants of one model on the same "
+                       "items, with paired intervals, speed and memory")
+    q.add_argument("--model", help="the model, as --model takes it elsewhere (tiny-random works offline)")
+    q.add_argument("--variants", help=f"comma-separated, the first is the reference: {VARIANT_HELP}")
+    q.add_argument("--benchmarks", help="comma-separated benchmarks, each with an optional :subset "
+                   "(mmlu:mini,ceval:mini,cmmlu:mini,humaneval)")
+    q.add_argument("--limit", type=number("limit"), help="at most N items per benchmark, a seeded sample")
+    q.add_argument("--shots", type=number("shots"), help="multiple choice: solved examples (default: each spec's)")
+    q.add_argument("--seed", type=number("seed"), default=1234, help="seeds the items, sampling and the bootstrap")
+    q.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    q.add_argument("--context", type=number("context"), metavar="TOKENS")
+    q.add_argument("--batch-size", type=number("batch_size"))
+    q.add_argument("--data-dir", help="benchmark data in the official layouts (default LAB_DATA_DIR, else the Hub)")
+    q.add_argument("--api-key", help="key for an openai: server")
+    q.add_argument("--resume", metavar="REPORT_ID", help="finish an interrupted report; other flags are ignored")
+    q.add_argument("--list", action="store_true", help="list the reports, newest first")
+    q.add_argument("--out", help="folder for REPORT_ID.quant.{md,html,json} (default: the run history's folder)")
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = RunStore.open(args.runs_dir)
-    if args.command not in ("list", "show", "export", "compare"):
+    if args.command not in ("list", "show", "export", "compare", "quant"):
         return _evaluate(args, store)
-    return {"list": _list, "show": _show, "export": _export, "compare": _compare}[args.command](args, store)
+    return {"list": _list, "show": _show, "export": _export, "compare": _compare,
+            "quant": _quant}[args.command](args, store)
 
 
 def _request(args):
@@ -214,6 +240,86 @@ def _compare(args, store: RunStore) -> int:
     cmp = report.run_delta(a, store.samples(a.id), b, store.samples(b.id))
     print(report.delta_text(cmp, a, b))
     return 0
+
+
+def _quant(args, store: RunStore) -> int:
+    from tqdm import tqdm
+
+    from lab.eval import quant
+
+    if args.list:
+        rows = [[r["id"], r["model"], ",".join(r["variants"]), ",".join(r["benchmarks"]), r["status"],
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"]))] for r in quant.list_reports(store)]
+        print(report.table(["report", "model", "variants", "benchmarks", "status", "created"], rows, align="llllll")
+              if rows else f"no quantization reports in {store.path}")
+        return 0
+    req = None
+    if not args.resume:
+        if not (args.model and args.variants and args.benchmarks):
+            raise LabError("python -m lab.eval quant needs --model, --variants and --benchmarks (or --resume "
+                           "REPORT_ID).")
+        split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+        req = quant.QuantRequest(model=args.model, variants=split(args.variants), benchmarks=split(args.benchmarks),
+                                 limit=args.limit or None, shots=args.shots, seed=args.seed, data_dir=args.data_dir,
+                                 device=args.device, context=args.context, batch_size=args.batch_size)
+    import lab.models.hf  # noqa: F401  transformers' import is the process's start, not the first variant's load
+
+    bar, t0 = None, time.perf_counter()
+
+    def progress(p) -> None:
+        nonlocal bar
+        desc = f"{p.variant_index + 1}/{p.n_variants} {p.variant} · {p.benchmark}"
+        if bar is None or bar.desc != desc:
+            if bar:
+                bar.close()
+            bar = tqdm(total=p.total, desc=desc, file=sys.stderr, dynamic_ncols=True)
+        bar.n = p.done
+        eta = "" if p.eta_s is None else f", report ETA {p.eta_s:.0f} s"
+        bar.set_postfix_str((f"acc {100 * p.accuracy:.1f}%" if p.accuracy is not None else "") + eta)
+        bar.refresh()
+
+    def loader(r, variant):
+        model = _load_variant(r, variant, args.api_key)
+        print(f"\nmodel: {model.info.summary()}", file=sys.stderr)
+        return model
+
+    try:
+        report_id = quant.run_report(store, req, on_progress=progress, resume=args.resume, loader=loader)
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished batches are saved — `python -m lab.eval quant --resume REPORT_ID` "
+              "(`--list` shows it) goes on", file=sys.stderr)
+        return 130
+    finally:
+        if bar:
+            bar.close()
+    t = time.perf_counter()
+    rep = quant.load_report(store, report_id)
+    out = Path(args.out) if args.out else store.path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{report_id}.quant.{ext}" for ext in ("md", "html", "json")]
+    paths[0].write_text(quant.render_markdown(rep), encoding="utf-8")
+    paths[1].write_text(quant.render_html(rep), encoding="utf-8")
+    paths[2].write_text(report.json_text(rep, indent=2) + "\n", encoding="utf-8")
+    print(quant.render_text(rep))
+    timing = rep.get("timing") or {}
+    if timing.get("runs_s"):
+        whole = time.perf_counter() - t0
+        over = whole - timing["runs_s"]
+        print(f"Overhead of this command over its runs, exports included: {over:.1f} s over {timing['runs_s']:.1f} s "
+              f"= {100 * over / timing['runs_s']:.1f}% (report and exports {time.perf_counter() - t:.2f} s).")
+    print("\nwrote " + ", ".join(map(str, paths)) + f"\nreport {report_id} saved in {store.path}")
+    return 0
+
+
+def _load_variant(req, variant, api_key: str | None):
+    """One variant of the report's model through lab.models.load_model (quant.load_kwargs says how)."""
+    import inspect
+
+    from lab.eval import quant
+    from lab.models import load_model
+
+    kwargs = quant.load_kwargs(req, variant, inspect.signature(load_model).parameters)
+    return load_model(**kwargs, api_key=api_key)
 
 
 def _spec_or_none(name: str):

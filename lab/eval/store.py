@@ -76,18 +76,7 @@ class Run:
     def state(self) -> str:
         """The status, except that a "running" run whose process is gone on this machine is "interrupted"
         (killed, or the machine went down): nothing finishes it but --resume."""
-        if self.status != "running" or not self.owner:
-            return self.status
-        host, _, pid = self.owner.rpartition(":")
-        if host != socket.gethostname():
-            return self.status  # another machine's process: cannot tell
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return "interrupted"
-        except (PermissionError, ValueError):
-            pass
-        return self.status
+        return _state(self.status, self.owner)
 
     @property
     def label(self) -> str:
@@ -178,6 +167,84 @@ class RunStore(Store):
         return {get(r[0]) for r in self.conn().execute("SELECT key FROM samples WHERE run_id=?", (put(run_id),))}
 
 
+class ReportStore(Store):
+    """Quantization reports (lab.db's quant_reports, quant_variants, quant_runs; lab/eval/quant.py): a report's
+    request, each variant's load error and measurements, and the ordinary runs it is made of."""
+
+    def create_report(self, request: dict, variants: Sequence[str]) -> str:
+        report_id = f"quant-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        with self.conn() as c:
+            c.execute("INSERT INTO quant_reports (id, request, status, owner, created_at) VALUES (?,?,'running',?,?)",
+                      tuple(map(put, (report_id, _json(request), _owner(), time.time()))))
+            c.executemany("INSERT INTO quant_variants (report_id, variant, position, status) VALUES (?,?,?,'pending')",
+                          [(put(report_id), put(v), i) for i, v in enumerate(variants)])
+        return report_id
+
+    def report(self, report_id: str) -> dict:
+        row = self.conn().execute("SELECT * FROM quant_reports WHERE id=?", (put(report_id),)).fetchone()
+        if row is None:
+            raise LabError(f"No quantization report '{report_id}' in {self.path}; "
+                           "`python -m lab.eval quant --list` shows the reports.")
+        r = {k: get(row[k]) for k in row.keys()}
+        r["request"] = json.loads(r["request"])
+        r["timing"] = json.loads(r["timing"]) if r["timing"] else None
+        r["state"] = _state(r["status"], r["owner"])
+        return r
+
+    def reports(self, limit: int = 200) -> list[dict]:
+        rows = self.conn().execute("SELECT id FROM quant_reports ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [self.report(get(r[0])) for r in rows.fetchall()]
+
+    def variants(self, report_id: str) -> list[dict]:
+        rows = self.conn().execute("SELECT * FROM quant_variants WHERE report_id=? ORDER BY position",
+                                   (put(report_id),)).fetchall()
+        out = []
+        for row in rows:
+            v = {k: get(row[k]) for k in row.keys()}
+            v["model"] = json.loads(v["model"]) if v["model"] else None
+            v["measured"] = json.loads(v["measured"]) if v["measured"] else {}
+            out.append(v)
+        return out
+
+    def set_variant(self, report_id: str, variant: str, *, status: str | None = None, error: str | None = None,
+                    model: dict | None = None, measured: dict | None = None) -> None:
+        """Update one variant's row; fields left None keep their value, except that a status clears the error
+        unless one is given."""
+        sets, args = [], []
+        if status is not None:
+            sets += ["status=?", "error=?"]
+            args += [status, error]
+        if model is not None:
+            sets.append("model=?")
+            args.append(_json(model))
+        if measured is not None:
+            sets.append("measured=?")
+            args.append(_json(measured))
+        if sets:
+            with self.conn() as c:
+                c.execute(f"UPDATE quant_variants SET {', '.join(sets)} WHERE report_id=? AND variant=?",
+                          tuple(map(put, (*args, report_id, variant))))
+
+    def link_run(self, report_id: str, variant: str, benchmark: str, run_id: str) -> None:
+        with self.conn() as c:
+            c.execute("INSERT OR REPLACE INTO quant_runs VALUES (?,?,?,?)",
+                      tuple(map(put, (report_id, variant, benchmark, run_id))))
+
+    def report_runs(self, report_id: str) -> dict[str, dict[str, str]]:
+        """variant -> benchmark -> run id."""
+        out: dict[str, dict[str, str]] = {}
+        for row in self.conn().execute("SELECT variant, benchmark, run_id FROM quant_runs WHERE report_id=?",
+                                       (put(report_id),)):
+            out.setdefault(get(row[0]), {})[get(row[1])] = get(row[2])
+        return out
+
+    def set_report_status(self, report_id: str, status: str, timing: dict | None = None) -> None:
+        ended = None if status == "running" else time.time()
+        with self.conn() as c:
+            c.execute("UPDATE quant_reports SET status=?, owner=?, ended_at=?, timing=COALESCE(?, timing) WHERE id=?",
+                      tuple(map(put, (status, _owner(), ended, _json(timing) if timing else None, report_id))))
+
+
 def unsaveable(s: Sample, e: Exception) -> Sample:
     """What is kept of a sample the store could not write: its key, place and task, and why (its texts may be
     what could not be written, so none is kept)."""
@@ -188,6 +255,22 @@ def unsaveable(s: Sample, e: Exception) -> Sample:
 
 def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _state(status: str, owner: str | None) -> str:
+    """`status`, except that "running" whose process is gone on this machine is "interrupted" (`Run.state`)."""
+    if status != "running" or not owner:
+        return status
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return status  # another machine's process: cannot tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except (PermissionError, ValueError):
+        pass
+    return status
 
 
 def _owner() -> str:
