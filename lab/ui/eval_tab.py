@@ -9,7 +9,8 @@ at a time runs on the model and the rest wait in line; Cancel and the history do
 Programs reach it by api_name (gradio_client): `/evaluate` (benchmark, subset, mode, shots, limit,
 seed -> run id, summary, progress text; streamed), `/eval_cancel`, `/eval_resume` (run id -> as
 `/evaluate`), `/eval_runs` (the history table), `/eval_run` (run id, only wrong -> its views) and
-`/eval_compare` (run A, run B -> overall, per-subject and flipped tables).
+`/eval_compare` (run A, run B -> overall, per-subject and flipped tables). The quantization report section and
+its `/quant_report` are lab/ui/quant_views.py's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lab.models.manager import ModelManager
 from lab.space import cap_limit, eval_notice, gpu, on_space
 from lab.ui import eval_views as views
 from lab.ui.common import SessionCancels, whole_number, form_number, in_background
+from lab.ui.quant_views import build_quant_section
 
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
@@ -131,6 +133,8 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                       label="Per subject (overall first)", elem_id="eval-compare-subjects")
             flips_df = gr.Dataframe(headers=views.FLIP_HEADERS, value=[], interactive=False, max_height=360,
                                     label="Samples that flipped", elem_id="eval-compare-flips")
+    with gr.Accordion("Quantization report", open=True, elem_id="quant-section"):
+        build_quant_section(manager, store, tab)  # lab/ui/quant_views.py: variants of one model on the same items
     form = [benchmark, subset, mode, shots, limit, seed]
     run_outputs = [run_dd, summary_json, progress]
     view_outputs = [headline, summary_df, chart, samples_note, samples_df, sample_box]

@@ -6,6 +6,7 @@ read the very same records through `RunStore` and check that the page reports wh
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -112,3 +113,78 @@ def test_bad_requests_end_in_one_sentence_and_the_app_keeps_serving(client):
         client.predict(None, None, api_name="/eval_compare")
     run_id, summary, _ = client.predict(**FORM, limit=2, api_name="/evaluate")
     assert summary["overall"]["n"] == 2
+
+
+# ---- the quantization report (lab/ui/quant_views.py over lab/eval/quant.py) ---------------------------
+QUANT = dict(model="tiny-random", variants=["fp32", "bf16"], benchmarks=["mmlu:mini"], limit=8, shots="0", seed=11)
+
+
+def test_quant_report_streams_progress_and_the_report_matches_the_store(client):
+    from lab.eval import quant
+
+    job = client.submit(**QUANT, api_name="/quant_report")
+    report_id, final = job.result()
+    texts = [out[1] for out in job.outputs()]
+    assert report_id.startswith("quant-") and "Finished quant-" in final and "2/2 variants ran" in final
+    assert any("variant 1/2 fp32 · mmlu:mini" in t and "running accuracy" in t for t in texts)
+    assert any("variant 2/2 bf16" in t for t in texts)
+    rep = quant.load_report(RunStore.open(), report_id)
+    assert rep["status"] == "finished" and [v["variant"] for v in rep["variants"]] == ["fp32", "bf16"]
+    assert all(v["results"]["mmlu:mini"]["n"] == 8 for v in rep["variants"])
+
+    headline, frame, files = client.predict(report_id, api_name="/quant_show")
+    assert report_id in headline and "finished" in headline and "srcdoc=" in frame
+    by_ext = {f.rsplit(".", 1)[-1]: f for f in files}
+    assert sorted(by_ext) == ["html", "json", "md"]
+    with open(by_ext["json"], encoding="utf-8") as f:
+        assert json.load(f) == json.loads(report.json_text(rep))
+    with open(by_ext["md"], encoding="utf-8") as f:
+        assert f.read() == quant.render_markdown(rep)
+    listed = rows(client.predict(api_name="/quant_reports"))
+    assert next(r for r in listed if r[0] == report_id)[1:5] == ["tiny-random", "fp32, bf16", "mmlu:mini", "finished"]
+    # the chat model was freed for the report and is back
+    assert client.predict(api_name="/model_info")["name"] == "tiny-random"
+
+
+def test_quant_report_cancel_then_resume(client):
+    from lab.eval import quant
+
+    # 200 items per variant, 25 batches of 8: seconds on a CPU, so Cancel lands mid-report
+    job = client.submit(**{**QUANT, "limit": 200, "benchmarks": ["mmlu"]}, api_name="/quant_report")
+    deadline = time.monotonic() + 120
+    while not any("running accuracy" in out[1] for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "the report never reported progress"
+        time.sleep(0.1)
+    client.predict(api_name="/quant_cancel")
+    report_id, final = job.result()
+    assert "Cancelled" in final and "press Resume" in final
+    assert quant.load_report(RunStore.open(), report_id)["status"] == "cancelled"
+
+    resumed, final = client.predict(report_id, api_name="/quant_resume")
+    assert resumed == report_id and "Finished quant-" in final
+    rep = quant.load_report(RunStore.open(), report_id)
+    assert rep["status"] == "finished" and all(v["results"]["mmlu"]["n"] == 200 for v in rep["variants"])
+
+
+def test_quant_report_bad_requests_are_one_sentence(client):
+    with pytest.raises(Exception, match="at least two variants"):
+        client.predict(**{**QUANT, "variants": ["fp32"]}, api_name="/quant_report")
+    with pytest.raises(Exception, match="Unknown variant 'fp7'"):
+        client.predict(**{**QUANT, "variants": ["fp32", "fp7"]}, api_name="/quant_report")
+    with pytest.raises(Exception, match="No quantization report 'nope'"):
+        client.predict("nope", api_name="/quant_show")
+    with pytest.raises(Exception, match="Pick a report in the list first"):
+        client.predict(None, api_name="/quant_resume")
+    assert client.predict(api_name="/model_info")["name"] == "tiny-random"  # nothing freed the chat model
+
+
+def test_a_variant_that_cannot_load_is_one_sentence_in_its_row(client):
+    from lab.eval import quant
+
+    # 8bit needs CUDA and bitsandbytes: on this CPU its row says so, and fp32 still runs
+    report_id, final = client.predict(**{**QUANT, "variants": ["fp32", "8bit"], "limit": 4}, api_name="/quant_report")
+    assert "1/2 variants ran" in final and "8bit: " in final
+    rep = quant.load_report(RunStore.open(), report_id)
+    failed = next(v for v in rep["variants"] if v["variant"] == "8bit")
+    assert failed["status"] == "failed" and failed["error"] in final and failed["error"].endswith(".")
+    assert "\n" not in failed["error"] and "Traceback" not in final
