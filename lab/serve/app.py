@@ -352,7 +352,8 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
         return _events(events())
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    for path in ("/v1/{rest:path}", "/tokenize", "/detokenize", "/tokenizer_info", "/health"):  # last: the routes above match first
+    # last: the routes above match first
+    for path in ("/v1/{rest:path}", "/tokenize", "/detokenize", "/tokenizer_info", "/health"):
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False, name="unknown")
     return app
 

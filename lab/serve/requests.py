@@ -12,8 +12,8 @@ takes the model's own default (`SamplingParams()`, Qwen2.5-Instruct's generation
 OpenAI's temperature 1. Unknown fields are ignored; known ones this server cannot honour (best_of > 1, a non-zero
 frequency or presence penalty, logit_bias) are refused with one sentence, not dropped. `n` (1 to N_MAX) asks for
 that many rows of one request: row k runs with seed + k (the request's seed, else one drawn), so it is the reply
-an n = 1 request with that seed gets. A completion's prompt may be token ids (a list of ints, a list of such lists). Text that is
-not valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell) is refused wherever it is.
+an n = 1 request with that seed gets. A completion's prompt may be token ids (a list of ints, a list of such lists).
+Text that is not valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell) is refused wherever it is.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_local_completions_at_its_defaults_scores_mmlu_as_lab_eval(open_server, 
             cut += 1
         else:
             worst = max(worst, *(abs(s.detail["logprobs"][x] - r) for x, r in zip(LETTERS, ref)))
-        assert s.extracted == pick(ref, LETTERS), f"{s.key}: lab.eval picked {s.extracted}, lm-eval {pick(ref, LETTERS)}"
+        assert s.extracted == pick(ref, LETTERS), f"{s.key}: lab.eval {s.extracted}, lm-eval {pick(ref, LETTERS)}"
         correct += pick(ref, LETTERS) == s.gold
     assert correct == sum(s.correct for s in ours.samples)  # the same score
     assert worst <= 1e-4, f"largest log-probability difference {worst:.2e}"

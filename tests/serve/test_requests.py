@@ -172,7 +172,8 @@ CHAT_REFUSALS = [
     ({"tool_choice": "required"}, "tool_choice",
      "'tool_choice' asks for a tool call, so send the functions in 'tools'."),
     ({"tool_choice": "any"}, "tool_choice",
-     "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": NAME}}."),
+     "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": "
+     "{\"name\": NAME}}."),
     ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}, "tools": [WEATHER]}, "tool_choice",
      "'tool_choice' names the function 'get_time', which is not among the tools."),
     ({"tools": [{"description": "no name"}]}, "tools", "Tool 1 has no 'name'."),
