@@ -63,7 +63,7 @@ class QuantRequest:
     context: int | None = None
     batch_size: int | None = None
     speed_prompt_tokens: int = 512  # the speed measurement's prompt, through the chat template
-    speed_new_tokens: int | None = None  # None: 128 on CUDA, 32 elsewhere (a CPU decodes slowly)
+    speed_new_tokens: int | None = None  # None: 128 on CUDA, 16 elsewhere (a CPU decodes slowly)
     resamples: int = stats.RESAMPLES
 
     def to_dict(self) -> dict:
@@ -198,6 +198,7 @@ def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[
                                   on_progress, cancel)
             if status != "finished":
                 break
+            clock.finish(text)  # done, or failed: either way nothing of it is left to run
     except KeyboardInterrupt:
         reports.set_report_status(report_id, "cancelled")
         raise
@@ -207,6 +208,9 @@ def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[
     timing["wall_s"] = time.perf_counter() - t_start
     timing["overhead_s"] = timing["wall_s"] - timing["runs_s"]
     timing["overhead_pct"] = 100 * timing["overhead_s"] / timing["runs_s"] if timing["runs_s"] else None
+    # what the report adds beyond work separate runs would need too (the runs, and loading each variant once)
+    timing["added_s"] = timing["overhead_s"] - timing["load_s"]
+    timing["added_pct"] = 100 * timing["added_s"] / (timing["runs_s"] + timing["load_s"]) if timing["runs_s"] else None
     timing["resumed"] = bool(resume)
     reports.set_report_status(report_id, status, {k: round(v, 3) if isinstance(v, float) else v
                                                   for k, v in timing.items()})
@@ -261,7 +265,6 @@ def _run_variant(store, reports: ReportStore, runner: Runner, report_id: str, re
                 return "cancelled"
         measured["peak_bytes"] = int(torch.cuda.max_memory_allocated()) if cuda else None
         reports.set_variant(report_id, text, status="done", measured=measured)
-        clock.finish(text)
         return "finished"
     except LabError as e:  # out of memory while evaluating, a server gone, ...: this row says so
         reports.set_variant(report_id, text, status="failed", error=str(e))
@@ -274,7 +277,7 @@ def _run_variant(store, reports: ReportStore, runner: Runner, report_id: str, re
 def measure_speed(model, req: QuantRequest) -> dict:
     """Time to first token and decode tokens/s of one reply at batch 1 on the page's path (`stream_chat`, the
     page's sampling defaults, end of turn ignored so every variant decodes the same number of tokens)."""
-    new = req.speed_new_tokens or (128 if model.info.device.startswith("cuda") else 32)
+    new = req.speed_new_tokens or (128 if model.info.device.startswith("cuda") else 16)
     budget = max(16, min(req.speed_prompt_tokens, model.info.context_length - new - 16))
     messages = _prompt_of_length(model, budget)
     try:

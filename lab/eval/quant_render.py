@@ -102,12 +102,19 @@ def describe(report: dict) -> str:
 
 
 def timing_line(report: dict) -> str:
+    """The measured overhead: everything but the runs (loading counted), and what is left with loading counted as
+    work separate runs would do too."""
     t = report.get("timing")
     if not t or not t.get("runs_s"):
         return ""
     share = " (this process's share of a resumed report)" if t.get("resumed") else ""
-    return (f"Overhead: {t['overhead_s']:.1f} s over {t['runs_s']:.1f} s of runs = {t['overhead_pct']:.1f}% "
-            f"(loading {t['load_s']:.1f} s, speed measurement {t['measure_s']:.1f} s, the rest bookkeeping){share}.")
+    line = (f"Overhead: {t['overhead_s']:.1f} s over {t['runs_s']:.1f} s of runs = {t['overhead_pct']:.1f}%, "
+            f"loading included (loading {t['load_s']:.1f} s, speed measurement {t['measure_s']:.1f} s, "
+            f"bookkeeping {t['overhead_s'] - t['load_s'] - t['measure_s']:.1f} s)")
+    if t.get("added_pct") is not None:
+        line += (f"; beyond the runs and one load per variant, which separate runs would need too: "
+                 f"{t['added_s']:.1f} s = {t['added_pct']:.1f}%")
+    return line + share + "."
 
 
 def notes(report: dict) -> list[str]:

@@ -129,6 +129,77 @@ def test_every_variant_gets_the_same_items(tmp_path, data_dir):
         assert [(i.key, i.prompt) for i in a.items] == [(i.key, i.prompt) for i in b.items]
 
 
+# ---- in process, with a stand-in model -----------------------------------------------------------------------
+class FakeModel:
+    """Answers multiple-choice items by a hash of the prompt; `noise` of them differently from the reference."""
+
+    def __init__(self, variant: str, noise: float) -> None:
+        from lab.interface import ModelInfo
+
+        self.info = ModelInfo(name="fake", source="fake", quant=variant, device="cpu", context_length=4096,
+                              weight_bytes=1000)
+        self.noise, self.closed = noise, False
+
+    def score_choices(self, prompts, choices, batch_size=None):
+        import hashlib
+
+        out = []
+        for p in prompts:
+            h = hashlib.sha256(p.encode()).digest()
+            pick = h[0] % len(choices) if h[1] / 255 >= self.noise else (h[0] + 1) % len(choices)
+            out.append([0.0 if i == pick else -5.0 for i in range(len(choices))])
+        return out
+
+    def count_chat_tokens(self, messages, tools=None):
+        return len(messages[0]["content"].split())
+
+    def stream_chat(self, messages, params, cancel=None, tools=None):
+        from lab.interface import Chunk, ReplyStats
+
+        yield Chunk("x", ReplyStats(10, params.max_new_tokens, 0.01, 100.0, 0.2, "length"))
+
+    def close(self):
+        self.closed = True
+
+
+def fake_loader(loaded: list):
+    def load(req, variant):
+        if variant.quant == "4bit":
+            raise LabError("4bit needs CUDA, and this machine has none.")
+        model = FakeModel(variant.text, {"fp32": 0.0, "bf16": 0.0, "fp16": 0.3}[variant.text])
+        assert all(m.closed for m in loaded), "the previous variant is closed before the next loads"
+        loaded.append(model)
+        return model
+    return load
+
+
+def test_a_report_in_process_flips_charts_failures_and_progress(tmp_path, data_dir):
+    from lab.eval import quant
+
+    store = RunStore.open(tmp_path)
+    req = QuantRequest("fake", ["fp32", "4bit", "bf16", "fp16"], ["mmlu:mini"], limit=60, data_dir=str(data_dir))
+    seen, loaded = [], []
+    rid = quant.run_report(store, req, on_progress=seen.append, loader=fake_loader(loaded))
+    rep = quant.load_report(store, rid)
+    assert json.loads(json.dumps(rep)) == rep  # JSON-able as it is
+    rows = {v["variant"]: v for v in rep["variants"]}
+    assert rows["4bit"]["error"] == "4bit needs CUDA, and this machine has none." and not rows["4bit"]["results"]
+    same, noisy = rows["bf16"]["results"]["mmlu:mini"], rows["fp16"]["results"]["mmlu:mini"]
+    assert same["delta"] == 0 and same["p_mcnemar"] == 1 and same["agreement"] == 1 and same["within_noise"]
+    assert noisy["agreement"] < 0.9 and noisy["lost"] + noisy["gained"] > 0 and noisy["groups"] and noisy["subjects"]
+    flips = [f for f in rep["flips"] if f["variant"] == "fp16"]
+    assert len(flips) == noisy["lost"] + noisy["gained"] and all(f["prompt"] for f in flips)
+    assert {(p.variant, p.variant_index, p.n_variants) for p in seen} == {("fp32", 0, 4), ("bf16", 2, 4),
+                                                                          ("fp16", 3, 4)}
+    assert seen[-1].done == seen[-1].total == 60 and seen[-1].eta_s == 0
+    page = quant.render_html(rep)
+    assert page.count("<details>") == len(flips) and page.count("<svg") == 2  # categories and subjects
+    assert "4bit needs CUDA" in quant.render_markdown(rep) and "4bit needs CUDA" in quant.render_text(rep)
+    assert [r["id"] for r in quant.list_reports(store)] == [rid]
+    # a finished report resumes to itself without loading anything
+    assert quant.run_report(store, None, resume=rid, loader=None) == rid
+
+
 # ---- end to end -------------------------------------------------------------------------------------------
 @pytest.fixture
 def env(tmp_path, data_dir):
@@ -159,8 +230,9 @@ def test_acceptance_prints_intervals_and_p_values_and_writes_three_self_containe
         assert h in out, h
     bf16 = next(x for x in out.splitlines() if x.startswith("bf16 "))
     assert re.search(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", bf16) and re.search(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]", bf16)
-    m = re.search(r"Overhead of this command over its runs, exports included: .* = (\d+\.\d)%", out)
+    m = re.search(r"This command, exports included: .* = (\d+\.\d)% loading included, (\d+\.\d)% beyond", out)
     assert m, out
+    assert float(m.group(2)) < 5, m.group(0)  # statistics, storing and exports stay small beside the runs
     md, page, js = exports(out)
     assert all(os.path.isfile(p) for p in (md, page, js))
     report = json.load(open(js))
