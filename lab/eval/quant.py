@@ -62,7 +62,8 @@ class QuantRequest:
     device: str = "auto"
     context: int | None = None
     batch_size: int | None = None
-    speed_prompt_tokens: int = 512  # the speed measurement's prompt, through the chat template
+    speed_prompt_tokens: int | None = None  # the speed reply's prompt (chat template included); None: 512 on CUDA,
+    # as the table of record measures, 128 elsewhere
     speed_new_tokens: int | None = None  # None: 128 on CUDA, 16 elsewhere (a CPU decodes slowly)
     resamples: int = stats.RESAMPLES
 
@@ -220,8 +221,7 @@ def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[
 def _run_variant(store, reports: ReportStore, runner: Runner, report_id: str, req: QuantRequest, index: int,
                  text: str, loader: Loader, timing: dict, clock: "_Eta", on_progress, cancel) -> str:
     """Load, measure and run one variant. Returns "finished" or "cancelled"; a failure is the variant's row."""
-    runtime.release_gpu_memory()  # the previous variant's memory is back before this one loads
-    t = time.perf_counter()
+    t = time.perf_counter()  # the previous variant's memory went back when it was closed (the `finally` below)
     try:
         model = loader(req, parse_variant(text))
     except LabError as e:
@@ -277,8 +277,9 @@ def _run_variant(store, reports: ReportStore, runner: Runner, report_id: str, re
 def measure_speed(model, req: QuantRequest) -> dict:
     """Time to first token and decode tokens/s of one reply at batch 1 on the page's path (`stream_chat`, the
     page's sampling defaults, end of turn ignored so every variant decodes the same number of tokens)."""
-    new = req.speed_new_tokens or (128 if model.info.device.startswith("cuda") else 16)
-    budget = max(16, min(req.speed_prompt_tokens, model.info.context_length - new - 16))
+    cuda = model.info.device.startswith("cuda")
+    new = req.speed_new_tokens or (128 if cuda else 16)
+    budget = max(16, min(req.speed_prompt_tokens or (512 if cuda else 128), model.info.context_length - new - 16))
     messages = _prompt_of_length(model, budget)
     try:
         _reply_stats(model, messages, SamplingParams(max_new_tokens=2, seed=0, ignore_eos=True))  # warm-up
