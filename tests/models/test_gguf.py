@@ -5,6 +5,9 @@ loaded on the CPU. Two checks per type: the logits equal those of the source mod
 dequantized by gguf's own functions (what a faithful loader must compute, to fp32 rounding), and they stay within
 the bound the type's rounding implies from the source's own logits. TQ1_0 and TQ2_0 quantize rows in blocks of
 256, wider than tiny-random's 32, so they are written from a wider random model.
+
+tiny-random here always has the project's small tokenizer (its recipe without LAB_DATA_DIR): with Qwen2.5's 151K
+tokens, Transformers' GGUF reader spends minutes per file on the vocabulary, and the weights are what is tested.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from lab.cli import add_model_flags, load_request
 from lab.errors import LabError
 from lab.models import load_model, resolve_spec
 from lab.models.manager import ModelManager
-from lab.models.tiny import build_tokenizer, ensure_tiny_checkpoint, tiny_config, write_random_checkpoint
+from lab.models.tiny import (
+    build_tokenizer,
+    ensure_tiny_checkpoint,
+    qwen_tokenizer_dir,
+    tiny_config,
+    write_random_checkpoint,
+)
 from tests.models.gguf_files import WRITABLE, block_size, roundtrip, write_gguf
 
 PROMPTS = ["Hello there, how are you?", "def main():\n    return 42\n", "敏捷的棕色狐狸跳过了懒狗。 12345"]
@@ -55,8 +64,11 @@ class Source:
 
 
 @pytest.fixture(scope="module")
-def tiny_source():
-    return Source(ensure_tiny_checkpoint())
+def tiny_source(tmp_path_factory):
+    if qwen_tokenizer_dir() is None:
+        return Source(ensure_tiny_checkpoint())
+    tokenizer = build_tokenizer()  # tiny-random as it is built without LAB_DATA_DIR
+    return Source(write_random_checkpoint(tiny_config(tokenizer), tokenizer, tmp_path_factory.mktemp("tiny") / "c"))
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ def load_hf(path: str, *, spec, source: str, quant: str, device: str, double_qua
     before = torch.cuda.memory_allocated() if device == "cuda" else 0
     try:
         if gguf:
-            config, tokenizer = _gguf_config(gguf, spec.name), _gguf_tokenizer(gguf)
+            config = _gguf_config(gguf, spec.name)
+            tokenizer = _gguf_tokenizer(gguf, config)
         else:
             config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         native = spec.context_length or getattr(config, "max_position_embeddings", None) or 4096
@@ -128,9 +129,10 @@ def _gguf_config(gguf: GgufFacts, name: str):
     return config
 
 
-def _gguf_tokenizer(gguf: GgufFacts):
+def _gguf_tokenizer(gguf: GgufFacts, config):
     folder, file = _gguf_args(gguf)
-    return AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    # With the config at hand AutoTokenizer does not parse the file's metadata once more to find its class.
+    return AutoTokenizer.from_pretrained(folder, gguf_file=file, config=config)
 
 
 def _load_gguf_model(gguf: GgufFacts, config, kwargs: dict):
@@ -152,6 +154,6 @@ def _load_gguf_model(gguf: GgufFacts, config, kwargs: dict):
                                                      **{**options, "dtype": torch.bfloat16})
     except NotImplementedError as e:  # what gguf's dequantizers raise; inspect_gguf should have caught it
         raise ValueError(str(e)) from None
-    state = dense.state_dict()
+    cls, state = type(dense), dense.state_dict()
     del dense
-    return AutoModelForCausalLM.from_pretrained(None, config=config, state_dict=state, **kwargs)
+    return cls.from_pretrained(None, config=config, state_dict=state, **kwargs)  # the Auto class wants a name
