@@ -148,8 +148,25 @@ def _v5_quant_reports(c: sqlite3.Connection) -> None:
     c.executescript(QUANT_REPORTS)
 
 
+CHATS = """
+CREATE TABLE IF NOT EXISTS chats (
+    id          TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,      -- whose list it is in: "client:<random id from the browser>" or "user:<login>"
+    title       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    record      TEXT NOT NULL       -- JSON: system prompt, messages with stats, reply versions, ratings
+);
+CREATE INDEX IF NOT EXISTS chats_owner_updated ON chats(owner, updated_at);
+"""
+
+
+def _v6_chats(c: sqlite3.Connection) -> None:
+    c.executescript(CHATS)
+
+
 # index i brings version i to version i + 1
-MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it, _v5_quant_reports)
+MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it, _v5_quant_reports, _v6_chats)
 VERSION = len(MIGRATIONS)
 
 
