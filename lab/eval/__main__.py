@@ -6,6 +6,8 @@
     python -m lab.eval humaneval --samples-per-task 10 --temperature 0.8     # pass@1 and pass@10
     python -m lab.eval humaneval --score samples.jsonl                      # no model: score a file
     python -m lab.eval mmlu --resume RUN_ID                                 # finish an interrupted run
+    torchrun --nproc_per_node 4 -m lab.eval mmlu --quant bf16              # a replica per GPU, one run (distributed.py)
+    python -m lab.eval mmlu --model openai:http://HOST:8000/v1#NAME --concurrency 32   # a served model, 32 in flight
     python -m lab.eval list | show RUN_ID | export RUN_ID | compare RUN_A RUN_B
     python -m lab.eval quant --model M --variants bf16,8bit,4bit --benchmarks mmlu:mini,humaneval   # lab/eval/quant.py
     python -m lab.eval quant --resume REPORT_ID | --list
@@ -23,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from lab.cli import add_model_flags, load_request, number, user_errors
+from lab.cli import add_concurrency_flag, add_model_flags, load_request, number, user_errors
 from lab.errors import LabError
 from lab.eval import hub, report
 from lab.eval.kinds import kind_of
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         b = sub.add_parser(name, parents=[common], help=f"evaluate a model on {spec.title if spec else name}")
         add_model_flags(b, env=False)
         b.add_argument("--api-key", help="key for an openai: server (default LAB_API_KEY, else OPENAI_API_KEY)")
+        add_concurrency_flag(b)
         kind = kind_of(spec) if spec else None
         modes = kind.MODES if kind else ()
         b.add_argument("--mode", help=f"{' or '.join(modes)} (default {(spec.default_mode or modes[0]) if spec else ''})")
@@ -127,19 +130,33 @@ def _request(args):
 
 
 def _evaluate(args, store: RunStore) -> int:
+    from lab.eval.distributed import Group
+
+    group = Group.from_env(args.device)  # under torchrun or accelerate launch: this process's rank and GPU
+    try:
+        return _evaluate_in(args, store, group)
+    finally:
+        group.close()
+
+
+def _evaluate_in(args, store: RunStore, group) -> int:
     from tqdm import tqdm
 
     from lab.eval.runner import Runner
 
-    runner = Runner(store)
+    runner = Runner(store, group)
     req = _request(args)
     bar = None
+    say = group.lead_rank  # rank 0 speaks for the processes; the others only fail loudly
+    share = f" · rank 0's share of {group.world_size} processes" if group.distributed else ""
 
     def progress(p) -> None:
         nonlocal bar
+        if not say:
+            return
         if bar is None:
             bar = tqdm(total=p.total, initial=0, unit=kind_of(load_spec(args.command)).UNIT.rstrip("s"),
-                       desc=p.run_id, file=sys.stderr, dynamic_ncols=True)
+                       desc=p.run_id + share, file=sys.stderr, dynamic_ncols=True)
         bar.n = p.done
         bar.set_postfix_str(f"acc {100 * p.accuracy:.1f}%" if p.accuracy is not None else "")
         bar.refresh()
@@ -147,24 +164,34 @@ def _evaluate(args, store: RunStore) -> int:
     cancel = threading.Event()
     try:
         if getattr(args, "score", None):
+            if group.distributed:
+                raise LabError("--score runs the programs of one file and loads no model; run it with python -m "
+                               "lab.eval, not under a launcher of several processes.")
             result = runner.score_file(args.score, req, on_progress=progress, cancel=cancel)
         elif args.resume:
             model = _load(args, store)
-            print(f"model: {model.info.summary()}", file=sys.stderr)
+            if say:
+                print(f"model: {model.info.summary()}", file=sys.stderr)
             result = runner.resume(model, args.resume, on_progress=progress, cancel=cancel)
         else:
             plan = runner.plan(req)  # bad flags or missing data fail here, before loading a model
             model = _load(args, store)
-            print(f"model: {model.info.summary()}\n{len(plan.items)} items from {plan.data_source}", file=sys.stderr)
+            if say:
+                print(f"model: {model.info.summary()}\n{len(plan.items)} items from {plan.data_source}"
+                      + (f"\n{group.world_size} processes, each with its own replica and share" if share else ""),
+                      file=sys.stderr)
             result = runner.run(model, req, on_progress=progress, cancel=cancel)
     except KeyboardInterrupt:
         if bar:
             bar.close()
-        print("\ninterrupted; finished batches are saved — `python -m lab.eval list` shows the run, "
-              "and --resume RUN_ID finishes it", file=sys.stderr)
+        if say:
+            print("\ninterrupted; finished batches are saved — `python -m lab.eval list` shows the run, "
+                  "and --resume RUN_ID finishes it", file=sys.stderr)
         return 130
     if bar:
         bar.close()
+    if not say:
+        return 0
     run = store.get(result.run_id)
     print(report.summary_text(run, result.summary))
     print(f"\nrun {run.id} saved in {store.path}; details: python -m lab.eval show {run.id}")
@@ -183,8 +210,15 @@ def _load(args, store: RunStore):
         model = model or recorded.get("name") or run.model
         quant = run.quant if quant == "auto" else quant
     r = load_request(args, model, quant)
-    return load_model(r.model, quant=r.quant, device=r.device, double_quant=r.double_quant, context=r.context,
-                      api_key=args.api_key)
+    loaded = load_model(r.model, quant=r.quant, device=r.device, double_quant=r.double_quant, context=r.context,
+                        api_key=args.api_key, gguf_file=r.gguf_file)
+    if args.concurrency is not None:
+        if not hasattr(loaded, "max_in_flight"):
+            loaded.close()
+            raise LabError("--concurrency is for a model behind a server (--model openai:URL#NAME); a model loaded "
+                           "here sizes its own batches (--batch-size).")
+        loaded.max_in_flight = args.concurrency
+    return loaded
 
 
 def _list(args, store: RunStore) -> int:

@@ -135,6 +135,13 @@ class RunStore(Store):
             c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?",
                       (status, put(_owner()), put(run_id)))
 
+    def update_params(self, run_id: str, **values) -> None:
+        """Set keys of a run's params (what it learns as it goes: which processes scored how much of it)."""
+        with self.conn() as c:  # one writer of params at a time: the run's process, or rank 0 of its processes
+            row = c.execute("SELECT params FROM runs WHERE id=?", (put(run_id),)).fetchone()
+            params = {**json.loads(get(row[0])), **values}
+            c.execute("UPDATE runs SET params=? WHERE id=?", (put(_json(params)), put(run_id)))
+
     def finish(self, run_id: str, status: str, summary: dict | None) -> None:
         with self.conn() as c:
             c.execute("UPDATE runs SET status=?, ended_at=?, summary=? WHERE id=?",
