@@ -2,6 +2,7 @@
 request they make, and how a command ends on a user's mistake (one sentence on stderr, exit status 2).
 
     add_model_flags(parser)                  # --model --gguf-file --quant --no-double-quant --device --context
+    add_concurrency_flag(parser)             # --concurrency: requests in flight to an openai: server
     parser.add_argument("--seed", type=number("seed"))   # the one rule for numbers: a LabError while parsing
     manager.load(load_request(args))
     sys.exit(user_errors(main)(argv))        # a LabError: "error: <sentence>", status 2
@@ -42,6 +43,23 @@ def add_model_flags(p: argparse.ArgumentParser, env: bool = True) -> None:
     p.add_argument("--context", type=number("context"), metavar="TOKENS",
                    help="token budget: below the model's own context it caps it; above, YaRN stretches RoPE "
                         "(Qwen2.5-7B: up to 131072)")
+
+
+def add_concurrency_flag(p: argparse.ArgumentParser) -> None:
+    """--concurrency N: how many requests a model behind a server (openai:URL#NAME) keeps in flight, so a
+    data-parallel deployment (vLLM's replicas, lab.serve's batching) has work for every replica."""
+    from lab.models.remote import WORKERS
+
+    def parse(text: str) -> int:
+        try:
+            return check_number("workers", text, "--concurrency")  # the same range: 1 to 1024
+        except ValueError as e:
+            raise LabError(f"{e}.") from None
+
+    parse.__name__ = "concurrency"
+    p.add_argument("--concurrency", type=parse, metavar="N",
+                   help=f"requests in flight at once to an openai: server (default {WORKERS}, LAB_CONCURRENCY); "
+                        "match the deployment's replicas times the batch each keeps full")
 
 
 def number(field: str) -> Callable[[str], int | float]:

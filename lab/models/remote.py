@@ -9,6 +9,13 @@ OPENAI_API_KEY. Requests go through the official `openai` SDK (`client=` for ano
 sampling value is sent, "off" included (vLLM's top_k -1, repetition_penalty 1.0), so greedy runs equal
 the local model's; a server that refuses vLLM's fields (OpenAI does) gets requests without them. `render`
 is readable text only (the template is the server's); `count_tokens` asks vLLM's `/tokenize`, else estimates.
+
+`generate` and `score_choices` keep `max_in_flight` requests under way at once (`--concurrency`, LAB_CONCURRENCY,
+default 4), each on the SDK's pooled connections: a data-parallel vLLM, or a server that batches concurrent
+requests, answers many nearly as fast as one. Logprob benchmarks read the next token's `top_logprobs` (one request
+per question when every answer letter is among them), else score each continuation by `echo` with `logprobs`
+(the legacy completions API, which vLLM and lab.serve keep); a server with neither (OpenAI's chat-only models,
+Ollama) ends a logprob run in one sentence that says to use --mode gen.
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ import openai
 from lab.errors import LabError
 from lab.interface import TOOL_CALL_CLOSE as CLOSE
 from lab.interface import TOOL_CALL_OPEN as OPEN
-from lab.interface import Capabilities, Chunk, Completion, Message, ModelInfo, ReplyClock, SamplingParams, draw_seed
+from lab.interface import (Capabilities, Chunk, Completion, Message, ModelInfo, ReplyClock, SamplingParams,
+                           check_number, draw_seed)
 from lab.pump import Pump
 
 PREFIX = "openai:"
 DEFAULT_CONTEXT = 32768  # when the server's model card gives no max_model_len
-WORKERS = 4  # requests in flight at once for generate() and score_choices()
+WORKERS = 4  # requests in flight at once for generate() and score_choices(), unless told (max_in_flight)
 TOP = 20  # log-probabilities asked for at the next position (vLLM's default maximum)
 EXTENSIONS = ("top_k", "repetition_penalty", "ignore_eos")  # vLLM's sampling fields beyond OpenAI's
 NO_LOGPROBS = "logprob mode needs a server that returns log-probabilities (vLLM and lab.serve do)"
@@ -135,10 +143,21 @@ def _pool(fn, n: int, workers: int, cancel: threading.Event) -> Pump:
     return Pump(work, name="lab-remote")
 
 
-def _map(fn, n: int) -> list:
-    pump = _pool(lambda put, i: fn(i), n, WORKERS, threading.Event())
+def _map(fn, n: int, workers: int) -> list:
+    pump = _pool(lambda put, i: fn(i), n, workers, threading.Event())
     list(pump)  # until the work ends; its error is raised here
     return pump.result
+
+
+def default_in_flight() -> int:
+    """LAB_CONCURRENCY, else WORKERS; one sentence when the variable is not a whole number from 1 to 1024."""
+    text = os.environ.get("LAB_CONCURRENCY", "").strip()
+    if not text:
+        return WORKERS
+    try:
+        return check_number("workers", text, "LAB_CONCURRENCY")
+    except ValueError as e:
+        raise LabError(f"{e}.") from None
 
 
 class RemoteModel:
@@ -147,8 +166,9 @@ class RemoteModel:
     capabilities = Capabilities(token_ids=False, logprobs=False)
 
     def __init__(self, base_url: str, model: str, info: ModelInfo, api_key: str | None = None,
-                 client: openai.OpenAI | None = None) -> None:
+                 client: openai.OpenAI | None = None, max_in_flight: int | None = None) -> None:
         self.base_url, self.model, self.info = base_url, model, info
+        self.max_in_flight = max_in_flight or default_in_flight()  # requests under way at once (module docstring)
         # The SDK refuses to start without a key; a server that wants none ignores the placeholder.
         self.client = client or openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=2,
                                               timeout=openai.Timeout(600.0, connect=10.0))
@@ -302,7 +322,7 @@ class RemoteModel:
                               completion_tokens=used.completion_tokens if used else 0,
                               finish_reason="length" if choice.finish_reason == "length" else "stop")
 
-        return _map(one, len(prompts))
+        return _map(one, len(prompts), self.max_in_flight)
 
     # ---- scoring ------------------------------------------------------------------------
     def _logprobs(self, **fields) -> list:  # the `logprobs` of a completions request, one per prompt, in order
@@ -337,7 +357,7 @@ class RemoteModel:
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str],
                       batch_size: int | None = None) -> list[list[float]]:
         """log P(choice | prompt) for each prompt and choice, from the server's log-probabilities."""
-        return _map(lambda i: self._score_one(prompts[i], choices), len(prompts))
+        return _map(lambda i: self._score_one(prompts[i], choices), len(prompts), self.max_in_flight)
 
     # ---- what needs the model in this process ----------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -361,12 +381,13 @@ class RemoteModel:
 
 
 def connect(name: str, api_key: str | None = None, context: int | None = None,
-            client: openai.OpenAI | None = None) -> RemoteModel:
+            client: openai.OpenAI | None = None, max_in_flight: int | None = None) -> RemoteModel:
     """Reach the server named by `openai:BASE_URL#MODEL` and describe its model; one sentence if it cannot.
-    `client` replaces the SDK client made from the URL and key."""
+    `client` replaces the SDK client made from the URL and key; `max_in_flight`: requests under way at once."""
     base, model = parse_spec(name)
     remote = RemoteModel(base, model or "", ModelInfo(model or "", base, "remote", "remote", DEFAULT_CONTEXT, 0),
-                         api_key or os.environ.get("LAB_API_KEY") or os.environ.get("OPENAI_API_KEY"), client)
+                         api_key or os.environ.get("LAB_API_KEY") or os.environ.get("OPENAI_API_KEY"), client,
+                         max_in_flight)
     try:
         remote.info = _describe(remote, name, model, context)
     except BaseException:
