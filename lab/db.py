@@ -165,8 +165,19 @@ def _v6_chats(c: sqlite3.Connection) -> None:
     c.executescript(CHATS)
 
 
+def _v7_run_names_and_verdicts(c: sqlite3.Connection) -> None:
+    # runs.name: a name a person gives a run on the page (NULL: shown by its id). votes.verdict: "win", "tie" or
+    # "bad" (both are bad, a tie for the ratings but recorded as said); NULL in older rows reads from `winner`.
+    if "name" not in _columns(c, "runs"):
+        c.execute("ALTER TABLE runs ADD COLUMN name TEXT")
+    c.executescript(VOTES)  # a file that claims a version without every table of it (hand-made) gets the table
+    if "verdict" not in _columns(c, "votes"):
+        c.execute("ALTER TABLE votes ADD COLUMN verdict TEXT")
+
+
 # index i brings version i to version i + 1
-MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it, _v5_quant_reports, _v6_chats)
+MIGRATIONS = (_v1_runs, _v2_owner, _v3_votes, _v4_text_as_put_writes_it, _v5_quant_reports, _v6_chats,
+              _v7_run_names_and_verdicts)
 VERSION = len(MIGRATIONS)
 
 
