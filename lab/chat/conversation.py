@@ -137,23 +137,93 @@ def sampling_from_ui(temperature: float, top_p: float, top_k: float, repetition_
 
 @dataclass
 class Conversation:
-    """What the Chat tab keeps per visitor: the messages and, per assistant message, its stats."""
+    """What the Chat tab keeps per visitor: the messages and, per assistant message, its stats (with its rating),
+    the earlier versions of a reply that Regenerate replaced, and the saved chat's id and title."""
 
     messages: list[Message] = field(default_factory=list)
     stats: dict[int, dict] = field(default_factory=dict)  # index of assistant message -> stats + params
+    versions: dict[int, list[dict]] = field(default_factory=dict)  # index -> every version {"message", "stats"}
+    shown: dict[int, int] = field(default_factory=dict)  # index -> which of its versions the conversation holds
+    chat_id: str | None = None  # the saved chat (lab.chat.saved), once it has one
+    title: str = ""
 
     def add_reply(self, text: str, stats: ReplyStats, params: SamplingParams, dropped_turns: int,
                   message: Message | None = None, **extra) -> None:
         """Append the reply (`message` when it carries tool calls) with its stats; `extra` goes with the
-        stats (the JSON check, tool-call problems)."""
+        stats (the JSON check, tool-call problems). A reply that replaces a regenerated one becomes its newest
+        version."""
         self.messages.append(message or {"role": "assistant", "content": text})
-        self.stats[len(self.messages) - 1] = {**stats.to_dict(), "dropped_turns": dropped_turns,
-                                              "params": params.to_dict(), **extra}
+        i = len(self.messages) - 1
+        self.stats[i] = {**stats.to_dict(), "dropped_turns": dropped_turns, "params": params.to_dict(), **extra}
+        if i in self.versions:
+            self.versions[i].append(self._version(i))
+            self.shown[i] = len(self.versions[i]) - 1
 
-    def truncate(self, n: int) -> None:
-        """Keep the first n messages (and their stats)."""
+    def _version(self, i: int) -> dict:
+        return {"message": dict(self.messages[i]), "stats": dict(self.stats.get(i, {}))}
+
+    def truncate(self, n: int, keep_versions: bool = False) -> None:
+        """Keep the first n messages (and their stats); `keep_versions`: the reply at n is about to be regenerated,
+        so its versions so far stay (the one shown among them)."""
+        if keep_versions and n < len(self.messages) and self.messages[n]["role"] == "assistant":
+            versions = self.versions.setdefault(n, [self._version(n)])
+            versions[self.shown.get(n, 0)] = self._version(n)  # a rating given since is kept
         del self.messages[n:]
         self.stats = {i: s for i, s in self.stats.items() if i < n}
+        last = n if keep_versions else n - 1
+        self.versions = {i: v for i, v in self.versions.items() if i <= last}
+        self.shown = {i: k for i, k in self.shown.items() if i in self.versions}
+
+    def all_versions(self, i: int) -> list[dict]:
+        """Every version of the reply at i, the one shown as it stands now (rated, continued)."""
+        versions = list(self.versions.get(i, []))
+        if versions and i < len(self.messages):
+            versions[self.shown.get(i, 0)] = self._version(i)
+        return versions
+
+    def version_label(self, i: int) -> str:
+        """"2/3" for the reply at i shown in its second of three versions; "" with one version."""
+        n = len(self.versions.get(i, []))
+        return f"{self.shown.get(i, 0) + 1}/{n}" if n > 1 else ""
+
+    def show_version(self, step: int) -> bool:
+        """Show the previous (-1) or next (+1) version of the last reply; False when there is none that way."""
+        i = len(self.messages) - 1
+        versions = self.versions.get(i, [])
+        k = self.shown.get(i, 0) + step
+        if not 0 <= k < len(versions):
+            return False
+        versions[self.shown.get(i, 0)] = self._version(i)
+        self.messages[i], self.stats[i] = dict(versions[k]["message"]), dict(versions[k]["stats"])
+        self.shown[i] = k
+        return True
+
+    def rate(self, i: int, rating: str | None) -> None:
+        """Thumbs "up" or "down" (None clears it) on the assistant message at i, kept with its stats."""
+        if not (0 <= i < len(self.messages)) or self.messages[i]["role"] != "assistant":
+            raise LabError("Only the model's replies can be rated.")
+        self.stats.setdefault(i, {})["rating"] = rating
+
+    def extend_reply(self, more: str, stats: ReplyStats) -> None:
+        """Continue: `more` appended to the last reply; its stats add the new tokens and say how it ended now."""
+        i = len(self.messages) - 1
+        self.messages[i] = {**self.messages[i], "content": (self.messages[i].get("content") or "") + more}
+        old = self.stats.get(i, {})
+        self.stats[i] = {**old, "completion_tokens": old.get("completion_tokens", 0) + stats.completion_tokens,
+                         "finish_reason": stats.finish_reason, "continued": old.get("continued", 0) + 1}
+        if i in self.versions:
+            self.versions[i][self.shown.get(i, 0)] = self._version(i)
+
+    def dropped_indices(self) -> set[int]:
+        """Messages the model did not see when it wrote the last reply (the oldest turns, dropped to fit)."""
+        last = next((i for i in range(len(self.messages) - 1, -1, -1) if i in self.stats), None)
+        n = self.stats[last].get("dropped_turns", 0) if last is not None else 0
+        out, turn = set(), -1
+        for i, m in enumerate(self.messages[:last]):
+            turn += m["role"] == "user" or i == 0 and m["role"] != "user"
+            if turn < n:
+                out.add(i)
+        return out
 
     def last_user_index(self, or_tool: bool = False) -> int | None:
         """The last user message (`or_tool`: or tool result, which the model answers just the same)."""
@@ -177,17 +247,24 @@ def export_conversation(conv: Conversation, system_prompt: str, params: Sampling
         messages[i + offset]["stats"] = s
     return {
         "format": "qwen-lab.chat/1",
+        "title": conv.title,
         "app_version": __version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": info.to_dict() if info else None,
         "system_prompt": system_prompt,
         "parameters": params.to_dict(),
         "messages": messages,
+        # earlier replies Regenerate replaced: per message (its index in `messages`), every version, the one shown
+        "versions": [{"index": i + offset, "shown": conv.shown.get(i, 0), "versions": conv.all_versions(i)}
+                     for i in sorted(conv.versions) if len(conv.versions[i]) > 1],
     }
 
 
 def export_json(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, indent=2)
+
+
+FINISH = {"stop": "finished", "length": "hit max new tokens", "cancelled": "stopped"}  # one wording, line and table
 
 
 def format_stats(stats: dict | ReplyStats) -> str:
@@ -201,7 +278,9 @@ def format_stats(stats: dict | ReplyStats) -> str:
     if s.get("gpu_mem_in_use_gib") is not None:
         parts.append(f"GPU {s['gpu_mem_in_use_gib']:.2f} GiB in use (peak {s['gpu_mem_peak_gib']:.2f})")
     parts.append(f"seed {s['seed']}")
-    parts.append({"stop": "finished", "length": "hit max new tokens", "cancelled": "stopped"}[s["finish_reason"]])
+    parts.append(FINISH.get(s["finish_reason"], s["finish_reason"]))
+    if s.get("continued"):
+        parts.append(f"continued {s['continued']}×")
     if s.get("constraint_s") is not None:
         parts.append(f"JSON mode {s['constraint_s'] * 1000:.0f} ms")
     if s.get("closed_early"):
