@@ -52,7 +52,7 @@ def add_concurrency_flag(p: argparse.ArgumentParser) -> None:
 
     def parse(text: str) -> int:
         try:
-            return check_number("workers", text, "--concurrency")  # the same range: 1 to 1024
+            return check_number("workers", text, "--concurrency")  # the same range: 1 to 1,024
         except ValueError as e:
             raise LabError(f"{e}.") from None
 

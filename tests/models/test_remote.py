@@ -361,3 +361,50 @@ def test_wire_messages_and_estimates():
         {"id": "a", "function": {"name": "f", "arguments": {"k": "北京"}}}]}, {"role": "tool", "content": "1"}])
     assert out[0]["tool_calls"][0]["function"]["arguments"] == '{"k": "北京"}' and out[1]["tool_call_id"] == "a"
     assert estimate_tokens("hello world!") == 3 and estimate_tokens("你好") == 2
+
+
+def test_requests_in_flight_follow_max_in_flight(monkeypatch):
+    """generate and score_choices keep max_in_flight requests under way (--concurrency), no more."""
+    import threading
+    import time as clock
+
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        clock.sleep(0.05)
+        with lock:
+            now[0] -= 1
+        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "text": "ok", "finish_reason": "stop",
+                                                      "logprobs": {"tokens": [" A"], "token_logprobs": [-0.5],
+                                                                   "top_logprobs": [{" A": -0.5, " B": -1.5}],
+                                                                   "text_offset": [0]}}]})
+
+    model = fake(slow)
+    assert model.max_in_flight == 4  # the default
+    for n in (1, 16):
+        model.max_in_flight, peak[0] = n, 0
+        assert [c.text for c in model.generate(["x"] * 32, GREEDY)] == ["ok"] * 32
+        assert peak[0] == n
+    peak[0] = 0
+    assert model.score_choices(["Answer:"] * 20, [" A", " B"]) == [[-0.5, -1.5]] * 20 and peak[0] == 16
+    monkeypatch.setenv("LAB_CONCURRENCY", "8")
+    assert fake(slow).max_in_flight == 8
+    monkeypatch.setenv("LAB_CONCURRENCY", "0")
+    with pytest.raises(LabError, match=r"^LAB_CONCURRENCY must be a whole number between 1 and 1,024, got 0\.$"):
+        fake(slow)
+
+
+def test_concurrency_is_for_a_served_model(tmp_path, capsys):
+    from lab.eval.__main__ import main
+
+    assert main(["mmlu", "--model", "tiny-random", "--concurrency", "8", "--limit", "2", "--runs-dir",
+                 str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("--concurrency is for a model behind a server (--model "
+                                                    "openai:URL#NAME); a model loaded here sizes its own batches "
+                                                    "(--batch-size).")
+    assert main(["mmlu", "--model", "tiny-random", "--concurrency", "0", "--runs-dir", str(tmp_path)]) == 2
+    assert "error: --concurrency must be a whole number between 1 and 1,024, got 0." in capsys.readouterr().err
