@@ -169,13 +169,13 @@ def _evaluate_in(args, store: RunStore, group) -> int:
                                "lab.eval, not under a launcher of several processes.")
             result = runner.score_file(args.score, req, on_progress=progress, cancel=cancel)
         elif args.resume:
-            model = _load(args, store)
+            model = _load(args, store, group)
             if say:
                 print(f"model: {model.info.summary()}", file=sys.stderr)
             result = runner.resume(model, args.resume, on_progress=progress, cancel=cancel)
         else:
             plan = runner.plan(req)  # bad flags or missing data fail here, before loading a model
-            model = _load(args, store)
+            model = _load(args, store, group)
             if say:
                 print(f"model: {model.info.summary()}\n{len(plan.items)} items from {plan.data_source}"
                       + (f"\n{group.world_size} processes, each with its own replica and share" if share else ""),
@@ -198,7 +198,7 @@ def _evaluate_in(args, store: RunStore, group) -> int:
     return 0
 
 
-def _load(args, store: RunStore):
+def _load(args, store: RunStore, group=None):
     from lab.models import load_model
 
     model, quant = args.model, args.quant
@@ -210,6 +210,8 @@ def _load(args, store: RunStore):
         model = model or recorded.get("name") or run.model
         quant = run.quant if quant == "auto" else quant
     r = load_request(args, model, quant)
+    if group is not None and group.distributed:
+        group.lead(lambda: _prefetch(r.model, r.gguf_file, r.device))
     loaded = load_model(r.model, quant=r.quant, device=r.device, double_quant=r.double_quant, context=r.context,
                         api_key=args.api_key, gguf_file=r.gguf_file)
     if args.concurrency is not None:
@@ -219,6 +221,23 @@ def _load(args, store: RunStore):
                            "here sizes its own batches (--batch-size).")
         loaded.max_in_flight = args.concurrency
     return loaded
+
+
+def _prefetch(name: str | None, gguf_file: str | None, device: str) -> None:
+    """What loading `name` downloads or builds first (a Hub checkpoint or GGUF file, tiny-random), fetched by rank 0
+    while a launcher's other processes wait, so that N processes do not fetch one checkpoint at once."""
+    from lab.models import TINY, fetch_checkpoint, fetch_gguf, pick_device, resolve_spec
+    from lab.models.tiny import ensure_tiny_checkpoint
+
+    if name and name.strip().startswith("openai:") and gguf_file is None:
+        return
+    spec = resolve_spec(name, pick_device(device), gguf_file)
+    if spec.gguf_file and spec.hub_id:
+        fetch_gguf(spec.hub_id, spec.gguf_file)
+    elif spec.name == TINY:
+        ensure_tiny_checkpoint()
+    elif spec.hub_id and not spec.path and not spec.gguf_file:
+        fetch_checkpoint(spec.hub_id)
 
 
 def _list(args, store: RunStore) -> int:
@@ -317,15 +336,32 @@ def _quant(args, store: RunStore) -> int:
         print(f"\nmodel: {model.info.summary()}", file=sys.stderr)
         return model
 
+    from lab.eval.distributed import Group
+
+    group = Group.from_env(req.device if req else args.device)  # torchrun's processes: lab/eval/quant_ranks.py
+    if group.distributed and req:  # rank 0 fetches the checkpoint first (not on --resume: fetched when it began)
+        group.lead(lambda: _prefetch(req.model, None, req.device))
+    if not group.lead_rank:
+        progress = None  # noqa: F811  rank 0 speaks for the processes
     try:
-        report_id = quant.run_report(store, req, on_progress=progress, resume=args.resume, loader=loader)
+        if group.distributed:
+            from lab.eval import quant_ranks
+
+            report_id = quant_ranks.run_report(store, req, group, on_progress=progress, resume=args.resume,
+                                               loader=loader)
+        else:
+            report_id = quant.run_report(store, req, on_progress=progress, resume=args.resume, loader=loader)
     except KeyboardInterrupt:
-        print("\ninterrupted; finished batches are saved — `python -m lab.eval quant --resume REPORT_ID` "
-              "(`--list` shows it) goes on", file=sys.stderr)
+        if group.lead_rank:
+            print("\ninterrupted; finished batches are saved — `python -m lab.eval quant --resume REPORT_ID` "
+                  "(`--list` shows it) goes on", file=sys.stderr)
         return 130
     finally:
         if bar:
             bar.close()
+        group.close()
+    if not group.lead_rank:
+        return 0
     t = time.perf_counter()
     rep = quant.load_report(store, report_id)
     out = Path(args.out) if args.out else store.path.parent

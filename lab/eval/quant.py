@@ -40,8 +40,9 @@ from lab.eval.spec import load_spec
 from lab.eval.store import ReportStore, RunStore, Sample
 from lab.interface import SamplingParams
 
-__all__ = ["QuantProgress", "QuantRequest", "Variant", "check", "list_reports", "load_kwargs", "load_report",
-           "parse_benchmark", "parse_variant", "render_html", "render_markdown", "render_text", "run_report"]
+__all__ = ["QuantProgress", "QuantRequest", "Variant", "check", "end_report", "list_reports", "load_kwargs",
+           "load_report", "parse_benchmark", "parse_variant", "render_html", "render_markdown", "render_text",
+           "run_report", "run_variants", "start_report"]
 
 FORMAT = "qwen-lab.quant-report/1"
 PLAIN = ("bf16", "fp16", "fp32", "8bit", "4bit")
@@ -167,9 +168,24 @@ def check(req: QuantRequest, runner: Runner) -> dict:
 def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[[QuantProgress], None] | None = None,
                cancel: threading.Event | None = None, resume: str | None = None, *,
                loader: Loader | None = None) -> str:
-    """Run (or, with `resume`, finish) a report; returns its id. `loader` loads one variant (module docstring)."""
+    """Run (or, with `resume`, finish) a report; returns its id. `loader` loads one variant (module docstring).
+    The three steps are public so that several processes can share one report (lab/eval/quant_ranks.py)."""
     t_start = time.perf_counter()
-    cancel = cancel or threading.Event()
+    begun = start_report(store, req, resume)
+    if begun is None:  # a finished report
+        return resume
+    report_id, req, counts = begun
+    if loader is None:
+        raise LabError("run_report needs a loader(request, variant) that loads the model in a variant.")
+    status, timing = run_variants(store, Runner(store), report_id, req, counts, loader, on_progress, cancel)
+    end_report(store, report_id, status, timing, time.perf_counter() - t_start, bool(resume))
+    return report_id
+
+
+def start_report(store: RunStore, req: QuantRequest | None,
+                 resume: str | None) -> tuple[str, QuantRequest, dict] | None:
+    """Check the request and create the report, or check a report to resume and mark it running: (report id, its
+    request, benchmark -> item count); None for a report with nothing left to run."""
     reports, runner = ReportStore(store.db), Runner(store)
     if resume:
         r = reports.report(resume)
@@ -177,20 +193,28 @@ def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[
             raise LabError(f"Report {resume} is still running (process {r['owner']}); let it finish, or stop it.")
         req, report_id = QuantRequest.from_dict(r["request"]), resume
         if r["status"] == "finished" and all(v["status"] != "pending" for v in reports.variants(report_id)):
-            return report_id
+            return None
         counts = check(req, runner)
         reports.set_report_status(report_id, "running")
     else:
         counts = check(req, runner)
         report_id = reports.create_report(req.to_dict(), req.variants)
-    if loader is None:
-        raise LabError("run_report needs a loader(request, variant) that loads the model in a variant.")
+    return report_id, req, counts
+
+
+def run_variants(store: RunStore, runner: Runner, report_id: str, req: QuantRequest, counts: dict, loader: Loader,
+                 on_progress=None, cancel: threading.Event | None = None,
+                 only: Collection[int] | None = None) -> tuple[str, dict]:
+    """Load, measure and run each variant not done yet (`only`: those at these positions), in turn, through
+    `runner`; returns the status ("finished" or "cancelled") and the timing of this process's part."""
+    cancel = cancel or threading.Event()
+    reports = ReportStore(store.db)
     timing = {"load_s": 0.0, "measure_s": 0.0, "runs_s": 0.0}
-    clock = _Eta(req, counts, reports.variants(report_id))
+    clock = _Eta(req, counts, reports.variants(report_id), only)
     status = "finished"
     try:
         for index, text in enumerate(req.variants):
-            if clock.done(text):
+            if clock.done(text) or (only is not None and index not in only):
                 continue
             if cancel.is_set():
                 status = "cancelled"
@@ -206,16 +230,20 @@ def run_report(store: RunStore, req: QuantRequest | None, on_progress: Callable[
     except BaseException:
         reports.set_report_status(report_id, "failed")
         raise
-    timing["wall_s"] = time.perf_counter() - t_start
+    return status, timing
+
+
+def end_report(store: RunStore, report_id: str, status: str, timing: dict, wall_s: float, resumed: bool) -> None:
+    """The report's status, and its timing with what it cost beyond its runs."""
+    timing = {**timing, "wall_s": wall_s}
     timing["overhead_s"] = timing["wall_s"] - timing["runs_s"]
     timing["overhead_pct"] = 100 * timing["overhead_s"] / timing["runs_s"] if timing["runs_s"] else None
     # what the report adds beyond work separate runs would need too (the runs, and loading each variant once)
     timing["added_s"] = timing["overhead_s"] - timing["load_s"]
     timing["added_pct"] = 100 * timing["added_s"] / (timing["runs_s"] + timing["load_s"]) if timing["runs_s"] else None
-    timing["resumed"] = bool(resume)
-    reports.set_report_status(report_id, status, {k: round(v, 3) if isinstance(v, float) else v
-                                                  for k, v in timing.items()})
-    return report_id
+    timing["resumed"] = resumed
+    ReportStore(store.db).set_report_status(report_id, status, {k: round(v, 3) if isinstance(v, float) else v
+                                                                for k, v in timing.items()})
 
 
 def _run_variant(store, reports: ReportStore, runner: Runner, report_id: str, req: QuantRequest, index: int,
@@ -316,9 +344,12 @@ class _Eta:
     """The report's remaining time: each benchmark's seconds per item, from this process's runs, times the items
     left (this run's rest, then every benchmark of the variants still to come)."""
 
-    def __init__(self, req: QuantRequest, counts: dict, variants: list[dict]) -> None:
+    def __init__(self, req: QuantRequest, counts: dict, variants: list[dict],
+                 only: Collection[int] | None = None) -> None:
         self.req, self.counts = req, counts
         self.finished = {v["variant"] for v in variants if v["status"] == "done"}
+        if only is not None:  # another process runs the others: not this one's time left
+            self.finished |= {v for i, v in enumerate(req.variants) if i not in only}
         self.rate: dict[str, tuple[float, int]] = {}  # bench -> (seconds, items) seen
         self.where: tuple[str, str, int, float] | None = None  # variant, bench, done at start, start time
         self.left: dict[tuple[str, str], int] = {}

@@ -168,3 +168,59 @@ def test_one_process_and_one_host(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two hosts of two processes
     with pytest.raises(LabError, match=r"processes of one host .* --nnodes 1, or an OpenAI-compatible deployment"):
         Group.from_env()
+
+
+def report_runs(store: RunStore, report_id: str) -> dict[str, str]:
+    from lab.eval.store import ReportStore
+
+    return {v: by["mmlu:mini"] for v, by in ReportStore(store.db).report_runs(report_id).items()}
+
+
+QUANT = ["quant", "--model", "tiny-random", "--benchmarks", "mmlu:mini", "--limit", "16"]
+
+
+def test_two_variants_run_at_once_on_two_processes_into_one_report(data_dir, tmp_path, capsys):
+    flags = [*QUANT, "--variants", "fp32,bf16", "--runs-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    out = launch(torchrun(2), *flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("report quant-") == 2  # the report's text and where it is saved: rank 0 alone
+    from lab.eval import quant
+    from lab.eval.__main__ import main
+
+    store = RunStore.open(tmp_path)
+    (spread,) = [r["id"] for r in quant.list_reports(store)]
+    timing = quant.load_report(store, spread)["timing"]
+    assert timing["mode"] == "a variant a process"
+    assert [r["variants"] for r in timing["ranks"]] == [["fp32"], ["bf16"]]
+    runs = {v: store.get(r) for v, r in report_runs(store, spread).items()}
+    assert set(runs) == {"fp32", "bf16"}, quant.load_report(store, spread)["variants"]
+    assert runs["fp32"].owner != runs["bf16"].owner  # two processes, started together, each with its variant
+    assert all(r["load_s"] > 0 and r["runs_s"] > 0 for r in timing["ranks"])
+    assert main([*flags]) == 0  # the same report from one process, a variant after the other
+    capsys.readouterr()
+    single = next(r["id"] for r in quant.list_reports(store) if r["id"] != spread)
+    for variant, run in report_runs(store, single).items():
+        same_samples(store, report_runs(store, spread)[variant], run)
+    a, b = quant.load_report(store, spread), quant.load_report(store, single)
+    assert [v["results"]["mmlu:mini"]["accuracy"] for v in a["variants"]] == \
+        [v["results"]["mmlu:mini"]["accuracy"] for v in b["variants"]]
+
+
+@pytest.mark.slow
+def test_more_variants_than_processes_share_each_variants_items(data_dir, tmp_path, capsys):
+    flags = [*QUANT, "--variants", "fp32,bf16,fp16", "--runs-dir", str(tmp_path), "--data-dir", str(data_dir)]
+    out = launch(torchrun(2), *flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from lab.eval import quant
+    from lab.eval.__main__ import main
+
+    store = RunStore.open(tmp_path)
+    (spread,) = [r["id"] for r in quant.list_reports(store)]
+    assert quant.load_report(store, spread)["timing"]["mode"] == "each variant's items shared"
+    runs = report_runs(store, spread)
+    assert all(store.get(r).params["processes"][0]["scored"] == [8, 8] for r in runs.values())
+    assert main([*QUANT, "--variants", "fp32,bf16", *flags[-4:]]) == 0
+    capsys.readouterr()
+    single = next(r["id"] for r in quant.list_reports(store) if r["id"] != spread)
+    for variant, run in report_runs(store, single).items():
+        same_samples(store, runs[variant], run)
