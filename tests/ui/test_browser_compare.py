@@ -30,7 +30,8 @@ def page(browser, app_url):
 
 
 def set_max_new(page, pane: int, value: int) -> None:
-    """Set a pane's max new tokens (shown on the variant, outside its Sampling panel), again until it holds."""
+    """Open the pane's Sampling accordion and set its max new tokens (again, if the opening accordion ate it)."""
+    page.locator(f"#cmp-variant-{pane}").get_by_text("Sampling").click()
     for _ in range(50):
         set_number(page, f"cmp-max-new-{pane}", value)
         if page.input_value(f"#cmp-max-new-{pane} input[type=range]") == str(value):
@@ -60,7 +61,6 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     # callback writes these sliders). Set last, and checked just before Run.
     for pane in (0, 1):
         set_max_new(page, pane, 240)  # long enough to watch both panes grow (opens the pane's Sampling)
-    page.locator("#cmp-variant-0").get_by_text("Sampling").click()
     set_number(page, "cmp-seed-0", 42)
     for pane in (0, 1):
         assert page.input_value(f"#cmp-max-new-{pane} input[type=number]") == "240"
@@ -96,13 +96,9 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     assert text == INPUT and win_key.startswith(f"{winner} #") and '"terse"' in variants and len(outputs) > 2
     assert (["A", "terse"][win_index]) == winner
 
-    page.wait_for_function("() => document.querySelector('#cmp-board-variants').innerText.includes('terse #')")
-    board = page.inner_text("#cmp-board-variants")
-    assert "A #" in board and "95% interval" in board
-    page.locator("#cmp-tally-box").get_by_text("Raw tally").click()
-    page.wait_for_function("() => document.querySelector('#cmp-tally')?.innerText.includes('terse #')")
+    page.wait_for_function("() => document.querySelector('#cmp-tally').innerText.includes('terse #')")
     tally = page.inner_text("#cmp-tally")
-    assert "A #" in tally and "first won" in tally and "both bad" in tally
+    assert "A #" in tally and "wins" in tally
     page.click("#cmp-diff-btn")
     page.wait_for_function("() => document.querySelector('#cmp-diff del, #cmp-diff ins') !== null")
     page.locator("#cmp-pane-0").scroll_into_view_if_needed()
