@@ -19,6 +19,7 @@ one stored value, so `WHERE key=?` with a `put` value finds its row.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 from pathlib import Path
@@ -216,7 +217,12 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        migrate(self.conn(), path)
+        # Processes that open a new file at once (torchrun's ranks) would both read version 0 and both try to
+        # upgrade their read lock to write, which SQLite answers "database is locked" at once rather than wait:
+        # one opens and migrates at a time.
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            migrate(self.conn(), path)
 
     @classmethod
     def open(cls, directory: str | Path | None = None) -> "Database":
