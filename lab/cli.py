@@ -50,23 +50,16 @@ def add_concurrency_flag(p: argparse.ArgumentParser) -> None:
     data-parallel deployment (vLLM's replicas, lab.serve's batching) has work for every replica."""
     from lab.models.remote import WORKERS
 
-    def parse(text: str) -> int:
-        try:
-            return check_number("workers", text, "--concurrency")  # the same range: 1 to 1,024
-        except ValueError as e:
-            raise LabError(f"{e}.") from None
-
-    parse.__name__ = "concurrency"
-    p.add_argument("--concurrency", type=parse, metavar="N",
+    p.add_argument("--concurrency", type=number("workers", "--concurrency"), metavar="N",  # workers' range: 1-1,024
                    help=f"requests in flight at once to an openai: server (default {WORKERS}, LAB_CONCURRENCY); "
                         "match the deployment's replicas times the batch each keeps full")
 
 
-def number(field: str) -> Callable[[str], int | float]:
-    """An argparse `type` for the flag --FIELD (underscores as dashes) under the one rule for numbers
-    (`lab.interface.LIMITS[field]`): the number, or a LabError, which the command ends with as every user error:
-    "error: --seed must be ...", exit status 2 (`user_errors`)."""
-    flag = "--" + field.replace("_", "-")
+def number(field: str, flag: str | None = None) -> Callable[[str], int | float]:
+    """An argparse `type` for the flag --FIELD (underscores as dashes; `flag` names another) under the one rule
+    for numbers (`lab.interface.LIMITS[field]`): the number, or a LabError, which the command ends with as every
+    user error: "error: --seed must be ...", exit status 2 (`user_errors`)."""
+    flag = flag or "--" + field.replace("_", "-")
 
     def parse(text: str) -> int | float:
         try:
@@ -74,7 +67,7 @@ def number(field: str) -> Callable[[str], int | float]:
         except ValueError as e:
             raise LabError(f"{e}.") from None
 
-    parse.__name__ = field  # argparse names the type in some messages
+    parse.__name__ = flag[2:].replace("-", "_")  # argparse names the type in some messages
     return parse
 
 

@@ -153,6 +153,11 @@ class Group:
 SOLO = Group()
 
 
+def overall_status(statuses) -> str:
+    """The status of work shared by processes, from each one's: finished only when every share finished."""
+    return "finished" if all(s == "finished" for s in statuses) else "cancelled"
+
+
 def _pin_gpu(local_rank: int, local_world: int, device: str) -> str | None:
     """Narrow CUDA_VISIBLE_DEVICES to this process's GPU, before CUDA starts (the device count NVML reports
     follows the variable until then). None on a host without GPUs."""

@@ -24,7 +24,7 @@ import time
 from typing import Callable
 
 from lab.eval import quant
-from lab.eval.distributed import Group
+from lab.eval.distributed import Group, overall_status
 from lab.eval.runner import Runner
 from lab.eval.store import RunStore
 
@@ -48,7 +48,7 @@ def run_report(store: RunStore, req: quant.QuantRequest | None, group: Group,
 
     def close() -> None:
         slowest = max(parts, key=lambda p: p["timing"]["runs_s"] + p["timing"]["load_s"])
-        overall = "finished" if all(p["status"] == "finished" for p in parts) else "cancelled"
+        overall = overall_status(p["status"] for p in parts)
         timing = {**slowest["timing"], "processes": group.world_size,
                   "mode": "a variant a process" if only is not None else "each variant's items shared",
                   "ranks": [{**p["timing"], "gpu": p["gpu"], "variants": [req.variants[i] for i in p["variants"]]}

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from lab import runtime
 from lab.errors import LabError
 from lab.eval.data import Dataset
-from lab.eval.distributed import BACKEND, SOLO, Group
+from lab.eval.distributed import BACKEND, SOLO, Group, overall_status
 from lab.eval.kinds import kind_of
 from lab.eval.plan import DEFAULT_SEED, EvalRequest, Plan, Progress
 from lab.eval.spec import Spec, load_spec
@@ -157,8 +157,9 @@ class Runner:
         if not group.distributed:
             return self._finish(run_id, plan, status)
         ranks = group.gather({**group.describe(), "status": status, "scored": scored, "device": device})
-        summary = group.lead(lambda: self._finish(run_id, plan, _overall(ranks), ranks).summary)
-        return RunResult(run_id, _overall(ranks), summary, self.store.samples(run_id))
+        status = overall_status(r["status"] for r in ranks)
+        summary = group.lead(lambda: self._finish(run_id, plan, status, ranks).summary)
+        return RunResult(run_id, status, summary, self.store.samples(run_id))
 
     def _finish(self, run_id: str, plan: Plan, status: str, ranks: list[dict] | None = None) -> RunResult:
         if ranks:  # what each process did, one entry per run or resume: {"world_size", "scored" per rank, ...}
@@ -189,8 +190,3 @@ class Runner:
     @staticmethod
     def summarize(spec: Spec, samples: Sequence[Sample], groups: dict) -> dict:
         return kind_of(spec).summarize(samples, groups)
-
-
-def _overall(ranks: list[dict]) -> str:
-    """The run's status from its processes': finished only when every share finished."""
-    return "finished" if all(r["status"] == "finished" for r in ranks) else "cancelled"
