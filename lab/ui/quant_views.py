@@ -85,6 +85,13 @@ def running_text(item, elapsed_s: float) -> tuple[str, float | None]:
             f"{p.done}/{p.total} · running accuracy {acc} · {left} · {elapsed_s:.0f} s"), share
 
 
+def phase(item) -> tuple:
+    """Which step of a report a progress item belongs to: a variant's loading, or one benchmark of a variant."""
+    if isinstance(item, Loading):
+        return ("loading", item.variant)
+    return ("running", item.variant, item.benchmark) if item is not None else ()
+
+
 def duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
@@ -206,19 +213,28 @@ def build_quant_section(manager: ModelManager, store: Callable, tab: gr.Tab | No
     def watch(job: Callable, key: str):
         """Run `job(on_progress, cancel)` with the chat model freed (a server's model is left alone); yield progress,
         then the report id. The chat model is loaded again however the report ends."""
-        t0, shown_at, latest = time.monotonic(), 0.0, None
+        t0, shown_at, latest, shown = time.monotonic(), 0.0, None, None
         previous = manager.request if manager.loaded and manager.model.info.device != "remote" else None
         yield gr.skip(), progress_html(running_text(None, 0)[0])
+
+        def show(item):
+            text, share = running_text(item, time.monotonic() - t0)
+            return gr.skip(), progress_html(text, share)
+
         try:
             if previous is not None:
                 manager.unload()
             with in_background(job, cancels, key, name="lab-quant") as work:
                 for item in work.events(POLL_S):
+                    if item is not TICK and latest is not shown and phase(item) != phase(latest):
+                        shown = latest  # a step ends: its last state is shown before the next one's, however fast
+                        yield show(latest)
                     latest = latest if item is TICK else item  # TICK: a second without news, the time still moves
                     if time.monotonic() - shown_at >= UPDATE_INTERVAL_S:
-                        shown_at = time.monotonic()
-                        text, share = running_text(latest, shown_at - t0)
-                        yield gr.skip(), progress_html(text, share)
+                        shown_at, shown = time.monotonic(), latest
+                        yield show(latest)
+                if latest is not shown:  # the last step's end, which the interval held back
+                    yield show(latest)
         except LabError as e:
             yield gr.skip(), progress_html(str(e), tone="error")
             raise gr.Error(str(e)) from None
