@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lab.engine.kernels import int8
+from lab.engine.kernels import int8, nf4
 
 KNOWN = ("qwen2", "llama", "mistral", "qwen3")
 
@@ -150,21 +150,23 @@ def _fused(mods: list, counters: tuple[torch.Tensor, torch.Tensor] | None) -> tu
 
 def linear(module, x: torch.Tensor) -> torch.Tensor:
     own = getattr(module, "lab_int8", None)
+    if own is None and nf4.kernels() == "lab" and nf4.supports(module, x) is None:  # NF4 decode: issue 19's kernel
+        return nf4.nf4_matmul(x, module)
     return module(x) if own is None else own(x)
 
 
 def project_qkv(attn, x: torch.Tensor):
     fused = getattr(attn, "lab_qkv", None)
-    if fused is None:
-        return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    if fused is None:  # through linear(): NF4 layers may take the lab kernel
+        return linear(attn.q_proj, x), linear(attn.k_proj, x), linear(attn.v_proj, x)
     fn, sizes = fused
     return fn(x).split(sizes, dim=-1)
 
 
 def mlp(module, x: torch.Tensor) -> torch.Tensor:
     fused = getattr(module, "lab_gate_up", None)
-    if fused is None:
-        return module(x)
+    if fused is None:  # through linear(): NF4 layers may take the lab kernel
+        return linear(module.down_proj, module.act_fn(linear(module.gate_proj, x)) * linear(module.up_proj, x))
     fn, sizes = fused
     gate, up = fn(x).split(sizes, dim=-1)
     return linear(module.down_proj, module.act_fn(gate) * up)
