@@ -110,12 +110,13 @@ if triton is not None:
         j4 = j[None, None, None, :]
         start = pid_s * blocks_per_split
         stop = tl.minimum(start + blocks_per_split, KB)
-        acc = tl.zeros([RP, BN, NB], dtype=tl.float32)
+        acc = tl.zeros([RP, BN, NB, 8], dtype=tl.float32)  # summed over words and blocks once, at the end
         for b in range(start, stop, NB):
             kb = b + kb0
             kmask = kb < stop
             wmask = (n3 < N) & kmask[None, :, None]
-            words = tl.load(w_ptr + n3 * (KB * 8) + kb[None, :, None] * 8 + j3, mask=wmask, other=0,
+            woffs = tl.max_contiguous(n3 * (KB * 8) + kb[None, :, None] * 8 + j3, [1, 1, 1])
+            words = tl.load(w_ptr + woffs, mask=wmask, other=0,
                             eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # shifts fill with zeros
             smask = (n[:, None] < N) & kmask[None, :]
             scale = _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, n[:, None] * KB + kb[None, :],
@@ -128,8 +129,8 @@ if triton is not None:
                 v = tl.load(code_ptr + ((words >> (4 * i)) & 15))
                 xi = tl.load(x_ptr + r4 * stride_x + col + (i ^ 1), mask=xmask, other=0.0).to(tl.float32)
                 part += v[None, :, :, :] * xi
-            acc += tl.sum(part, axis=3) * scale[None, :, :]
-        y = tl.sum(acc, axis=2)
+            acc += part * scale[None, :, :, None]
+        y = tl.sum(tl.sum(acc, axis=3), axis=2)
         ymask = (r[:, None] < R) & (n[None, :] < N)
         if SPLIT == 1:
             if HAS_BIAS:
