@@ -70,6 +70,8 @@ def supports(module, x: torch.Tensor) -> str | None:
         return "the packed weight is not a whole uint8 [N*K/2] with K a multiple of 64"
     if x.shape[-1] != k or x.numel() // k > MAX_ROWS or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"takes up to {MAX_ROWS} rows of {k} 16/32-bit floats"
+    if qs.nested and not isinstance(qs.offset, torch.Tensor):
+        return "double quant's offset is not a tensor"
     if w.device != x.device:
         return "the weight and the input are on different devices"
     return None
@@ -176,6 +178,21 @@ def split_of(n: int, kb: int, device: torch.device) -> int:
     return split
 
 
+_CHOSEN: dict[tuple, tuple[dict, int]] = {}  # product shape -> the tile and warps the timing chose
+
+
+def _tuned_launch(args: tuple, flags: dict, n: int, split: int, key: tuple) -> None:
+    """The autotuned kernel, except while a CUDA graph is being captured: timing cannot run then, so the
+    tile chosen before (the decoder warms every step up first) or a sound default is launched as it is."""
+    if torch.cuda.is_current_stream_capturing():
+        meta, warps = _CHOSEN.get(key, ({"BN": 32, "NB": 4}, 4))
+        _nf4_gemv[(triton.cdiv(n, meta["BN"]), split)](*args, **flags, **meta, num_warps=warps)
+        return
+    _nf4_gemv_tuned[lambda meta: (triton.cdiv(n, meta["BN"]), split)](*args, **flags)
+    best = _nf4_gemv_tuned.best_config
+    _CHOSEN[key] = (dict(best.kwargs), best.num_warps)
+
+
 def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: torch.Tensor | None,
             abs2: torch.Tensor | None, code2: torch.Tensor | None, offset: torch.Tensor | None, code: torch.Tensor,
             bias: torch.Tensor | None, n: int, k: int, block2: int) -> torch.Tensor:
@@ -195,7 +212,7 @@ def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: to
     if interpreted():
         _nf4_gemv[(triton.cdiv(n, 16), split)](*args, **flags, BN=16, NB=2)
     else:
-        _nf4_gemv_tuned[lambda meta: (triton.cdiv(n, meta["BN"]), split)](*args, **flags)
+        _tuned_launch(args, flags, n, split, (n, kb, rp, split, nested, x.dtype))
     if split > 1:
         _sum_parts[(triton.cdiv(n, 64),)](part, bias if bias is not None else dummy, out, rows, n,
                                         HAS_BIAS=bias is not None, SPLIT=split, RP=rp, BN=64)
