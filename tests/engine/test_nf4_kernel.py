@@ -26,7 +26,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 def interpreted():
     env = {k: v for k, v in os.environ.items() if k != "LAB_KERNELS"} | {"TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, str(Path(__file__))], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -34,7 +34,7 @@ def interpreted():
 @needs_triton
 def test_products_match_bitsandbytes(interpreted):
     for p in interpreted["products"]:
-        n, k, rows = p["case"][:3]
+        n, _, rows = p["case"][:3]
         assert p["shape"] == [rows, n] and p["dtype"] == "torch.bfloat16", p
         assert p["vs_bnb"] <= 1e-2, p  # the bound: 1% of the output's largest value
         assert p["fp32_vs_exact"] <= 1e-5, p  # float32 in, float32 W: the same sums up to rounding

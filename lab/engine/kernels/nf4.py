@@ -158,12 +158,12 @@ if triton is not None:
 
     # On the GPU a few tile shapes are timed once per product shape; the interpreter takes one small tile.
     _CONFIGS = [triton.Config({"BN": bn, "NB": nb}, num_warps=w)
-                for bn, nb, w in ((32, 2, 4), (32, 4, 4), (16, 4, 4), (64, 2, 8), (16, 2, 4))]
+                for bn, nb, w in ((32, 2, 4), (32, 4, 4), (64, 4, 4), (16, 4, 4), (64, 2, 8), (16, 2, 4))]
     _nf4_gemv_tuned = triton.autotune(_CONFIGS, key=["N", "KB", "RP", "SPLIT", "NESTED"])(_nf4_gemv)
 
 
 # ---- the wrapper -----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -208,7 +208,8 @@ def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: to
     args = (x, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
             code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
             out, part, rows, n, kb, x.stride(0), per)
-    flags = dict(NESTED=nested, BLOCK2=block2 if nested else 1, HAS_BIAS=bias is not None, SPLIT=split, RP=rp)
+    flags = {"NESTED": nested, "BLOCK2": block2 if nested else 1, "HAS_BIAS": bias is not None, "SPLIT": split,
+             "RP": rp}
     if interpreted():
         _nf4_gemv[(triton.cdiv(n, 16), split)](*args, **flags, BN=16, NB=2)
     else:
