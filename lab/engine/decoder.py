@@ -65,6 +65,7 @@ class StaticDecoder:
             self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
             self.seen = torch.zeros((batch, vocab), dtype=torch.bool, device=dev)
             self.next = torch.zeros(batch, dtype=torch.long, device=dev)
+            self.seeds = torch.zeros(batch, dtype=torch.long, device=dev)  # each row's own draws (sampling)
             self.eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.long, device=dev)
             self.pad_token = torch.tensor(pad_id, dtype=torch.long, device=dev)
         # One row's prompt, right-padded (`_prompt_step`), and the index of its last token.
@@ -77,6 +78,7 @@ class StaticDecoder:
             self.last = torch.zeros(1, dtype=torch.long, device=dev)
         self.prompt_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: torch.Tensor | None = None
+        self.at = 0  # `cur` as the host knows it without reading the GPU: every step and prefill moves both
         if fuse:
             fuse_projections(model)
         on_gpu = dev.type == "cuda"
@@ -201,6 +203,7 @@ class StaticDecoder:
 
     def step(self) -> torch.Tensor:
         """Run the step for the tokens in `self.ids`; the logits buffer is reused by the next call."""
+        self.at += 1
         if self.graph is not None:
             self.graph.replay()
             return self.logits
@@ -209,6 +212,7 @@ class StaticDecoder:
     def sample_step(self) -> None:
         """Sample each row's next token from `logits_buf` (into `next`), run the step for it, and leave
         its logits in `logits_buf`."""
+        self.at += 1
         if self.graph_sampled is not None:
             self.graph_sampled.replay()
         else:
@@ -219,9 +223,11 @@ class StaticDecoder:
         self._sampler()
 
     @torch.inference_mode()
-    def set_sampling(self, params: SamplingParams | Sequence[SamplingParams], rows: Sequence[Sequence[int]]) -> None:
-        """Settings for every row — one for all, or one per row — (unused rows: greedy, already finished)
-        and each row's prompt tokens as seen."""
+    def set_sampling(self, params: SamplingParams | Sequence[SamplingParams], rows: Sequence[Sequence[int]],
+                     seeds: Sequence[int] | None = None) -> None:
+        """Settings for every row — one for all, or one per row — (unused rows: greedy, already finished),
+        each row's prompt tokens as seen, and each row's seed (default: drawn from torch's generator, which the
+        caller seeded, so rows differ and a run repeats)."""
         n, spare = len(rows), self.batch - len(rows)
         ps = list(params) if isinstance(params, (list, tuple)) else [params] * n
 
@@ -235,6 +241,8 @@ class StaticDecoder:
         put(self.greedy, [p.greedy for p in ps], True)
         put(self.block_eos, [p.ignore_eos for p in ps], False)
         put(self.done, [False] * n, True)
+        drawn = torch.randint(0, 2**31, (self.batch,)).tolist()
+        put(self.seeds, list(seeds) if seeds is not None else drawn[:n], 0)
         self.seen.copy_(sampling.seen_mask(rows, ps, self.seen.shape[1], self.batch, self.device))
 
     # ---- the prompt -----------------------------------------------------------------------------
@@ -262,6 +270,7 @@ class StaticDecoder:
                          use_cache=True, logits_to_keep=1)
         self.pad.copy_(width - mask.sum(-1))
         self.cur.fill_(width)
+        self.at = width
         self.logits_buf.copy_(out.logits[:, -1])
         return self.logits_buf[:len(rows)]
 
@@ -286,6 +295,7 @@ class StaticDecoder:
             self.prepare_prompts([width])
             self.prompt_graphs[width].replay()
         self.cur.fill_(len(row))
+        self.at = len(row)
         return self.logits_buf[:1]
 
 

@@ -3,6 +3,7 @@ decode through the engine.
 
     path = FastPath(model, eos_ids, pad_id)
     out = path.decode(rows, sampler, max_new, cancel=..., on_tokens=...)   # lab.engine.loop.decode on a decoder
+    dec = path.acquire(batch, length); ...; path.release(dec)               # the scheduler's: kept while held
 """
 
 from __future__ import annotations
@@ -24,26 +25,39 @@ class FastPath:
         self.model = model
         self.eos_ids, self.pad_id = list(eos_ids), pad_id
         self.keep = keep
-        self._decoders: dict[tuple[int, int], StaticDecoder] = {}
+        # (batch, length, the scheduler's): the scheduler's decoders are its own, since its rows stay in them
+        # while an evaluation takes the model between two of its steps
+        self._decoders: dict[tuple[int, int, bool], StaticDecoder] = {}
+        self._held: set[tuple[int, int, bool]] = set()  # the scheduler's in use now: never dropped for another
         self.clipped = False  # a decode had LLM.int8 outliers past its slots; the next `decoder()` widens
 
-    def decoder(self, batch: int, length: int) -> StaticDecoder:
+    def decoder(self, batch: int, length: int, scheduler: bool = False) -> StaticDecoder:
         length = max(MIN_SLOTS, 1 << (length - 1).bit_length())  # few shapes: few captures (and compiles)
-        if self.clipped:  # LLM.int8: the last reply needed more outlier slots; every graph is built anew
+        if self.clipped and not self._held:  # LLM.int8: a reply needed more outlier slots; every graph anew
             self.clipped = False
             self.clear()
             wider = int8.widen(self.model)
             warnings.warn(f"a reply had more LLM.int8 outlier columns than the decoder's slots; now {wider}")
-        key = (batch, length)
+        key = (batch, length, scheduler)
         if key not in self._decoders:
-            while len(self._decoders) >= self.keep:  # drop the oldest shape's buffers and graph
-                self._decoders.pop(next(iter(self._decoders))).release()
+            while len(self._decoders) >= self.keep + len(self._held):  # drop the oldest shape's buffers and graph
+                oldest = next(k for k in self._decoders if k not in self._held)
+                self._decoders.pop(oldest).release()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self._decoders[key] = StaticDecoder(self.model, batch, length, self.eos_ids, self.pad_id)
         else:
             self._decoders[key] = self._decoders.pop(key)  # most recently used last
         return self._decoders[key]
+
+    def acquire(self, batch: int, length: int) -> StaticDecoder:
+        """The decoder for `batch` rows of `length` slots, kept (not dropped for another shape) until `release`."""
+        dec = self.decoder(batch, length, scheduler=True)
+        self._held.add((dec.batch, dec.max_len, True))
+        return dec
+
+    def release(self, dec: StaticDecoder) -> None:
+        self._held.discard((dec.batch, dec.max_len, True))
 
     def decode(self, rows: Sequence[Sequence[int]], sampler, max_new: int, batch: int | None = None,
                cancel=None, on_tokens=None) -> loop.Decoded:

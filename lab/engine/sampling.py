@@ -6,7 +6,8 @@ grammar's mask, temperature, top-k, top-p among the top-k survivors — then a d
   path), each row with its own settings; the rows' own tokens only are penalised, never their left padding.
 - `HostSampler`: the engine's eager loop (JSON mode, top-k off or large), between graph replays.
 - `sample_in_graph`: the engine's captured sampler over the decoder's buffers (no host round trip: the draw
-  is an exponential race, argmax of p / Exp(1), which picks i with probability p_i).
+  is an exponential race, argmax of p / Exp(1), which picks i with probability p_i; the Exp(1) noise is a hash
+  of each row's seed and length, so a row's draws do not depend on the rows beside it).
 - `generate_kwargs`: what `generate()` is called with for a set of rows.
 """
 
@@ -160,6 +161,24 @@ class GraphSampler:
         self.params = params
 
 
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (multiplications wrap; shifts made logical with a mask)."""
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * -7723592293110705685  # 0x94D049BB133111EB
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def seeded_exponential(seeds: torch.Tensor, at: torch.Tensor, k: int) -> torch.Tensor:
+    """Exp(1) noise [rows, k] that depends only on each row's seed and its length `at` (tokens before the one
+    drawn), not on the batch around it or the generator's state: a seeded row draws the same numbers alone or
+    beside others, whatever step it joined at. Counter-based (a hash of seed, length and candidate), so it is
+    pure tensor arithmetic inside the captured graph."""
+    z = _mix(seeds.long() - 7046029254386353131)[:, None]  # + 0x9E3779B97F4A7C15
+    z = _mix(z + at.long()[:, None] * k + torch.arange(k, device=seeds.device))
+    u = (((z >> 40) & ((1 << 24) - 1)).float() + 0.5) * (1.0 / (1 << 24))  # 24 bits: uniform in (0, 1)
+    return -u.log()
+
+
 def sample_in_graph(d) -> None:
     """The next token of every row of decoder `d` from its `logits_buf`, into `next` and `ids` (the buffers
     and per-row settings `StaticDecoder.set_sampling` fills)."""
@@ -168,7 +187,7 @@ def sample_in_graph(d) -> None:
     logits = logits.index_copy(1, d.eos, torch.where(d.block_eos[:, None], NEG, eos_cols))
     values, index = top_k_top_p(logits, d.temperature.clamp(min=1e-6), d.top_k, d.top_p, TOP_K_MAX)
     probs = values.softmax(dim=-1)
-    pick = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)
+    pick = (probs / seeded_exponential(d.seeds, d.cur - d.pad, TOP_K_MAX)).argmax(dim=-1, keepdim=True)
     nxt = torch.where(d.greedy, index[:, 0], index.gather(1, pick).squeeze(1))
     nxt = torch.where(d.done, d.pad_token, nxt)  # finished rows only pad
     d.done.logical_or_(torch.isin(nxt, d.eos))

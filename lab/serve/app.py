@@ -6,38 +6,39 @@ lm-evaluation-harness) can use a model this project loads, a bitsandbytes-quanti
     python app.py --api                                     # the same routes beside the page
 
 Bodies are read by `lab.serve.requests`, replies written by `lab.serve.replies`; every error, whatever its status
-(400, 401, 404, 405, 413, 500, 503), is OpenAI's {"error": {"message", "type", "param", "code"}} with one sentence.
-One generation at a time per model; a client that disconnects, streaming or not, stops its generation at the next
-decode step. With `login` (app.py's --auth), /v1 takes that login as HTTP Basic, besides the key.
+(400, 401, 404, 405, 413, 429, 500, 503), is OpenAI's {"error": {"message", "type", "param", "code"}} with one sentence.
+Replies are rows of the model's running batch (lab.serve.rows): concurrent requests and a request's `n` rows decode
+together, and past the queue's limit a request is refused with 429. A client that disconnects, streaming or not,
+frees its rows at the next decode step. With `login` (app.py's --auth), /v1 takes that login as HTTP Basic, besides the key.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import sys
-import threading
 import time
-import traceback
 import typing
-from dataclasses import replace
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from lab.errors import LabError
-from lab.serve.work import chat_budget, chat_rows, complete
-from lab.pump import END, TICK, Pump
+from lab.pump import Pump
+from lab.serve import rows
 from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_logprobs, chat_message, fingerprint,
                                finish_reason, new_id, openai_calls, sse, usage)
+from lab.serve.rows import event_stream as _events
+from lab.serve.rows import failed as _failed
+from lab.serve.rows import next_item as _next
+from lab.serve.rows import whole
+from lab.serve.work import chat_rows, check_completion, complete
 from lab.serve.requests import ChatCompletionBody, CompletionBody, DetokenizeBody, TokenizeBody, api_error
 
 GRACE_S = 3  # on Ctrl-C or SIGTERM, open streams (a page's event stream, a long reply) get this long to end
@@ -89,39 +90,6 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     endpoint = getattr(request.scope.get("route"), "endpoint", None)
     hints = typing.get_type_hints(endpoint) if endpoint is not None else {}
     return next((t for t in hints.values() if isinstance(t, type) and issubclass(t, BaseModel)), None)
-
-
-async def _next(pump: Pump):
-    """The work's next item or END, awaited off the event loop; its LabError comes back as a 400."""
-    while True:
-        try:
-            item = await asyncio.to_thread(pump.get, 0.5)
-        except LabError as e:
-            raise ApiError(400, str(e)) from None
-        if item is not TICK:
-            return item
-
-
-@contextlib.asynccontextmanager
-async def _cancelled_on_disconnect(request: Request, cancel: threading.Event):
-    """While the block runs, a client that goes away sets `cancel` at once, so the model stops at its next decode
-    step. The route has read the body, so the next message the server gives is the disconnect."""
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        cancel.set()
-
-    task = asyncio.create_task(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
-def _failed(e: BaseException) -> ApiError:
-    """A failure that is not the client's, as one sentence (the traceback goes to the server's log, not the client)."""
-    return ApiError(500, f"The server failed on this request ({type(e).__name__}); its log has the details.",
-                    type="server_error")
 
 
 def _login_matches(token: str, login: tuple[str, str]) -> bool:
@@ -262,83 +230,22 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
                                 "from elsewhere.", param="logprobs")
         head = {"id": new_id("chatcmpl"), "created": int(time.time()), "model": model.info.name,
                 "system_fingerprint": fingerprint(model)}
-        if req.n > 1 or req.logprobs:  # rows computed whole, then sent (streamed: as events)
+        if req.logprobs or (req.n > 1 and not model.capabilities.rows):  # rows computed whole, then sent
             return await _whole_chat(model, req, head, request)
-        cancel = threading.Event()
-
-        def work(put) -> None:
-            params = replace(req.params, max_new_tokens=chat_budget(model, req))
-            for chunk in model.stream_chat(req.messages, params, cancel, tools=req.tools):
-                put(chunk)
-
-        pump = Pump(work, name="lab-serve")
-        try:
-            async with _cancelled_on_disconnect(request, cancel):
-                item = await _next(pump)  # an error before the first token: a plain error reply
-                text, stats = "", None
-                while not req.stream and item is not END:
-                    text, stats = text + item.text, item.stats or stats
-                    item = await _next(pump)
-        except BaseException:
-            cancel.set()
-            raise
-        if not req.stream:
-            message, called = chat_message(text, req.tools)
-            return {**head, "object": "chat.completion",
-                    "choices": [{"index": 0, "message": message, "logprobs": None,
-                                 "finish_reason": finish_reason(stats.finish_reason, called)}],
-                    "usage": usage(stats.prompt_tokens, stats.completion_tokens)}
-
-        async def events():
-            nonlocal item
-
-            def chunk(delta: dict, finish: str | None = None) -> str:
-                return sse(chat_chunk(head, delta, finish, req.include_usage))
-
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                stream, stats = ToolCallStream(req.tools), None
-                try:
-                    while item is not END:
-                        piece = stream.feed(item.text) if item.text else ""
-                        if piece:
-                            yield chunk({"content": piece})
-                        stats = item.stats or stats
-                        item = await _next(pump)
-                except Exception as e:  # the reply has begun: the error is its last event
-                    if not isinstance(e, ApiError):
-                        traceback.print_exception(e, file=sys.stderr)
-                    yield sse((e if isinstance(e, ApiError) else _failed(e)).body())
-                else:
-                    rest = stream.finish()
-                    if rest:
-                        yield chunk({"content": rest})
-                    for i, call in enumerate(openai_calls(stream.calls)):
-                        yield chunk({"tool_calls": [{"index": i, **call}]})
-                    yield chunk({}, finish_reason(stats.finish_reason, bool(stream.calls)))
-                    if req.include_usage:
-                        yield sse({**head, "object": "chat.completion.chunk", "choices": [],
-                                   "usage": usage(stats.prompt_tokens, stats.completion_tokens)})
-                yield sse("[DONE]")
-            finally:  # the client went away (the task is cancelled) or the reply is over
-                cancel.set()
-
-        return _events(events())
+        return await rows.chat(model, req, head, request)
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionBody, request: Request):
         req = body.request()
         model = served(req.model)
-        rid, created, name, cancel = new_id("cmpl"), int(time.time()), model.info.name, threading.Event()
-        pump = Pump(lambda put: put(complete(model, req, cancel)), name="lab-serve")
-        try:
-            async with _cancelled_on_disconnect(request, cancel):
-                choices, used = await _next(pump)
-        except BaseException:
-            cancel.set()
-            raise
-        reply = {"id": rid, "object": "text_completion", "created": created, "model": name,
-                 "system_fingerprint": fingerprint(model), "choices": choices, "usage": usage(*used)}
+        reply = {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+                 "model": model.info.name, "system_fingerprint": fingerprint(model)}
+        if model.capabilities.rows and req.max_tokens and req.logprobs is None and not req.echo:
+            counts = await whole(request, lambda cancel: check_completion(model, req))
+            prompts = [p for p in req.prompts for _ in range(req.n)]
+            return await rows.completion(model, req, reply, prompts, sum(counts), request)
+        choices, used = await whole(request, lambda cancel: complete(model, req, cancel))
+        reply |= {"choices": choices, "usage": usage(*used)}
         if not req.stream:
             return reply
 
@@ -358,26 +265,15 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
     return app
 
 
-def _events(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
 async def _whole_chat(model, req, head: dict, request: Request):
     """A chat request's rows computed whole, then answered as one reply or, streamed, as each row's events in
     turn: with log-probabilities a chunk per token (its text and its entry), else the row's text at once."""
-    cancel = threading.Event()
-    pump = Pump(lambda put: put(chat_rows(model, req, cancel)), name="lab-serve")
-    try:
-        async with _cancelled_on_disconnect(request, cancel):
-            rows, used = await _next(pump)
-    except BaseException:
-        cancel.set()
-        raise
-    total = usage(used, sum(r["tokens"] for r in rows))
+    made, used = await whole(request, lambda cancel: chat_rows(model, req, cancel))
+    total = usage(used, sum(r["tokens"] for r in made))
     top = req.top_logprobs
     if not req.stream:
         choices = []
-        for i, r in enumerate(rows):
+        for i, r in enumerate(made):
             message, called = chat_message(r["text"], req.tools)
             lp = None if r["logprobs"] is None else {"content": chat_logprobs(r["logprobs"], top)}
             choices.append({"index": i, "message": message, "logprobs": lp,
@@ -388,7 +284,7 @@ async def _whole_chat(model, req, head: dict, request: Request):
         return sse(chat_chunk(head, delta, finish, req.include_usage, index=i, logprobs=logprobs))
 
     async def events():
-        for i, r in enumerate(rows):
+        for i, r in enumerate(made):
             yield chunk(i, {"role": "assistant", "content": ""})
             stream, lp, text = ToolCallStream(req.tools), r["logprobs"], r["text"]
             if lp is None:
@@ -445,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; the default serves this machine only")
     p.add_argument("--port", type=number("port"), default=8000)
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every /v1 request")
+    p.add_argument("--max-rows", type=number("batch_size"), default=None,
+                   help="replies decoding together at most (default 8, or LAB_MAX_ROWS; fewer if GPU memory is short)")
+    p.add_argument("--queue-limit", type=number("limit"), default=None,
+                   help="requests that may wait for a row before the next is refused with 429 (default 64)")
     return p
 
 
@@ -464,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if hasattr(model, "set_scheduling"):
+        model.set_scheduling(args.max_rows, args.queue_limit)
     import uvicorn
 
     print(f"Loaded {model.info.summary()}\nServing http://{args.host}:{args.port}/v1 (model '{model.info.name}')"

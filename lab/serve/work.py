@@ -2,10 +2,11 @@
 of a request (`n`, each with its own seed), and a completion's choices from text or token-id prompts, with
 OpenAI's legacy log-probabilities and echo. Errors a client caused are ApiError or LabError (both a 400).
 
-How rows are seeded: row k of a request runs with seed + k, where seed is the request's (else one drawn). A
+How rows are seeded: row k of a request runs with seed + k, where seed is the request's (else one drawn), so row
+k is exactly what an n = 1 request with seed + k returns. On a model with continuous batching (lab.serve.rows)
+each row is a row of the running batch with its own seed; elsewhere (a remote model, or with log-probabilities) a
 sampled row runs alone through the model's batched generate (batch size 1, which seeds the batch at row k with
-seed + k), so row k is exactly what an n = 1 request with seed + k returns, on any backend; greedy rows, all
-alike, run as one batch.
+seed + k), and greedy rows, all alike, run as one batch.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ def chat_rows(model, req, cancel: threading.Event) -> tuple[list[dict], int]:
             for o in outs], used
 
 
-def complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int, int]]:
-    """The choices of a /v1/completions request (`n` rows per prompt, choice k of prompt k // n) and its
-    (prompt, completion) token counts; a prompt is text or token ids."""
+def check_completion(model, req) -> list[int]:
+    """A /v1/completions request checked against the model (what its prompts and fields need); each prompt's tokens."""
     scored = req.logprobs is not None or req.echo
     ids = [p for p in req.prompts if not isinstance(p, str)]
     if ids and not model.capabilities.token_ids:
@@ -75,6 +75,15 @@ def complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int
         if n + req.max_tokens > context:
             raise ApiError(400, f"Prompt {i + 1} ({n:,} tokens) plus max_tokens ({req.max_tokens:,}) exceeds "
                                 f"{model.info.name}'s context of {context:,} tokens; shorten it.", param="prompt")
+    return counts
+
+
+def complete(model, req, cancel: threading.Event) -> tuple[list[dict], tuple[int, int]]:
+    """The choices of a /v1/completions request (`n` rows per prompt, choice k of prompt k // n) computed whole,
+    and its (prompt, completion) token counts; a prompt is text or token ids. (Where the model has
+    `capabilities.rows` and nothing is scored, lab.serve.rows streams them instead.)"""
+    counts = check_completion(model, req)
+    scored = req.logprobs is not None or req.echo
     top = req.logprobs or 0
     rows = [p for p in req.prompts for _ in range(req.n)]
     params, batch, seeds = row_seeds(replace(req.params, max_new_tokens=max(1, req.max_tokens)), len(rows))

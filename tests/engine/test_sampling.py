@@ -21,7 +21,8 @@ def state(rows: int, vocab: int, eos: list[int]) -> SimpleNamespace:
                            penalty=z() + 1, eos=torch.tensor(eos), block_eos=z(torch.bool), temperature=z() + 1,
                            top_k=torch.full((rows,), sampling.TOP_K_MAX), top_p=z() + 1, greedy=z(torch.bool),
                            done=z(torch.bool), pad_token=torch.tensor(0), next=z(torch.long),
-                           ids=torch.zeros(rows, 1, dtype=torch.long))
+                           ids=torch.zeros(rows, 1, dtype=torch.long), seeds=torch.arange(rows),
+                           cur=torch.zeros(1, dtype=torch.long), pad=z(torch.long))
 
 
 def set_rows(s: SimpleNamespace, p: SamplingParams) -> None:
@@ -49,6 +50,7 @@ def test_graph_sampler_draws_from_the_top_k_top_p_distribution():
         for _ in range(40):
             s.logits_buf.copy_(logits)
             s.done.zero_()
+            s.cur.add_(1)  # the noise is drawn from each row's seed and length
             sampling.sample_in_graph(s)
             for t in s.next.tolist():
                 counts[t] = counts.get(t, 0) + 1
@@ -100,3 +102,30 @@ def test_top_k_top_p_keeps_exactly_what_transformers_warpers_keep(top_k, top_p, 
     theirs = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, theirs))
     assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
     assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-6)
+
+
+def test_graph_sampler_draws_depend_on_a_rows_seed_and_length_only():
+    """The same seed at the same length draws the same token whichever row, batch or step it is in."""
+    vocab = 128
+    logits = torch.randn(vocab)
+    a, b = state(1, vocab, eos=[7]), state(6, vocab, eos=[7])
+    for s in (a, b):
+        set_rows(s, SamplingParams(temperature=1.0, top_k=40, top_p=1.0, repetition_penalty=1.0))
+        s.logits_buf.copy_(logits.expand(len(s.seeds), vocab))
+    a.seeds.fill_(99)
+    a.cur.fill_(30)
+    b.seeds.copy_(torch.tensor([1, 2, 99, 3, 99, 4]))
+    b.cur.fill_(50)
+    b.pad.copy_(torch.tensor([0, 0, 20, 0, 20, 9]))  # rows 2 and 4: length 30, as row 0 of `a`
+    picks = []
+    for s in (a, b):
+        sampling.sample_in_graph(s)
+        picks.append(s.next.tolist())
+    assert picks[1][2] == picks[1][4] == picks[0][0]
+    draws = set()
+    for n in range(40):  # and they move with the length
+        a.cur.fill_(n)
+        a.done.zero_()
+        sampling.sample_in_graph(a)
+        draws.add(a.next.item())
+    assert len(draws) > 5

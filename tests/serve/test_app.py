@@ -40,6 +40,15 @@ class Spy:
                 reply["finish"], reply["tokens"] = chunk.stats.finish_reason, chunk.stats.completion_tokens
             yield chunk
 
+    def stream_many(self, prompts, params, cancel=None):  # a completion's rows, lab.serve.rows
+        reply = {"cancel": cancel, "after_cancel": 0, "finish": None, "tokens": None}
+        self.replies.append(reply)
+        for row, chunk in self.model.stream_many(prompts, params, cancel):
+            reply["after_cancel"] += cancel.is_set()
+            if chunk.stats and row == 0:
+                reply["finish"], reply["tokens"] = chunk.stats.finish_reason, chunk.stats.completion_tokens
+            yield row, chunk
+
     def generate(self, prompts, params, cancel=None, batch_size=None):
         reply = {"cancel": cancel, "after_cancel": 0, "finish": None, "tokens": None}
         self.replies.append(reply)

@@ -5,6 +5,8 @@ and `generate()` elsewhere."""
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -27,6 +29,8 @@ def generate(hf, prompts: Sequence[str | Sequence[Message]], params: SamplingPar
     if batch_size is None and hf.device.type == "cuda":  # sized by the longest row
         batch_size = rows_that_fit(hf.model.config, max(map(len, rows), default=0) + params.max_new_tokens)
     batch_size = max(1, min(batch_size or 8, len(rows) or 1))
+    if batch_size == 1 and not params.greedy and hf.scheduler is not None:
+        return _scheduled(hf, rows, params, cancel, seed)
     out: list[Completion] = []
     start = 0
     while start < len(rows):
@@ -38,6 +42,27 @@ def generate(hf, prompts: Sequence[str | Sequence[Message]], params: SamplingPar
             batch_size //= 2  # out of memory: the same rows again in smaller batches
             continue
         start += batch_size
+    return out
+
+
+def _scheduled(hf, rows: list[list[int]], params: SamplingParams, cancel: threading.Event,
+               seed: int) -> list[Completion]:
+    """Sampled rows one to a batch, row k with seed + k, as rows of the model's scheduler: each draws exactly
+    what a reply with that seed draws on the page or through lab.serve (alone or beside others), and they
+    decode together instead of one after another."""
+    from lab.models.hf.streaming import scheduled
+
+    out: list[Completion] = []
+    for start in range(0, len(rows), hf.max_rows):
+        part = rows[start:start + hf.max_rows]
+        texts, stats = [""] * len(part), [None] * len(part)
+        seeded = [replace(params, seed=seed + start + k) for k in range(len(part))]
+        for r, c in scheduled(hf, part, seeded, cancel, time.perf_counter(),
+                              [hf.constraint(p, rows=1) for p in seeded]):
+            texts[r] += c.text
+            stats[r] = c.stats or stats[r]
+        out += [Completion(text=t, prompt_tokens=len(ids), completion_tokens=s.completion_tokens,
+                           finish_reason=s.finish_reason) for t, ids, s in zip(texts, part, stats)]
     return out
 
 

@@ -1,24 +1,30 @@
-"""Streaming replies from a Transformers model: one chat reply (the page), or several generated together in
-one batch and streamed per row (Compare's panes). Both are the same code: rows of token ids decode
-through the engine on CUDA (`lab.engine`) or one `generate()` call elsewhere, and a consumer thread
-detokenizes each row as its tokens arrive and yields `(row, Chunk)`.
+"""Streaming replies from a Transformers model: one chat reply (the page), or several streamed per row (Compare's
+panes, lab.serve's n rows and completions).
 
-Every row keeps its own sampling settings, max new tokens and stop strings, although the batch decodes
-together. One seed drives the batch (the first a row gives, else a drawn one), so a sampled row's reply
-depends on the others in its batch; a greedy row gives the text it gives alone (up to the float noise
-left padding can add). A row ends on end-of-turn, a stop string, its max new tokens, Stop or a consumer
-that went away; the batch ends when every row has.
+Where the engine can run the model (`hf.scheduler`, on CUDA and on a CPU alike), every row is a request of the
+engine's scheduler (lab.engine.scheduler): it joins the batch that is running, whoever else's replies are in it,
+and `scheduled` turns its token ids into text as they arrive (detokenizing, stop strings, stats) and yields
+`(row, Chunk)`. Each row has its own settings, seed, max new tokens, stop strings and grammar; a seeded row gives
+the same reply alone or beside others. While it waits for a row, its chunks say its place in line.
+
+Elsewhere (`stream`), the rows decode in one `generate()` call: one seed drives the batch (the first a row gives,
+else a drawn one), and the batch holds the model until every row ends.
+
+A row ends on end-of-turn, a stop string, its max new tokens, Stop or a consumer that went away.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from typing import Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteriaList
 
 from lab.engine.sampling import generate_kwargs, graphable, sampler_for
+from lab.engine.scheduler import Busy
 from lab.interface import Chunk, ReplyClock, SamplingParams, draw_seed
 from lab.models.hf.decoding import CancelOnEvent, IncrementalDecoder, Steps, StopMatcher, left_pad
 from lab.models.hf.memory import gpu_memory, user_error
@@ -99,3 +105,67 @@ def stream(hf, rows: list[list[int]], params: Sequence[SamplingParams], cancel: 
         if not finished:  # the consumer went away (page closed, Stop) or something failed
             halt.set()
         pump.join(timeout=5)
+
+
+def scheduled(hf, rows: list[list[int]], params: Sequence[SamplingParams], cancel: threading.Event | None,
+              t0: float, constraints: Sequence | None = None,
+              oom_hint: str = "lower max new tokens or shorten the conversation") -> Iterator[tuple[int, Chunk]]:
+    """Rows as requests of the model's scheduler; yields (row, Chunk), each row's last with its stats. Refused
+    whole (Busy) when the queue has no room for them all."""
+    n, sched = len(rows), hf.scheduler
+    cancel = cancel or threading.Event()
+    constraints = list(constraints or [None] * n)
+    seeds = [draw_seed(p.seed) for p in params]
+    out: queue.Queue = queue.Queue()
+    reqs = []
+    try:
+        for r in range(n):
+            reqs.append(sched.submit(rows[r], params[r], seeds[r], constraints[r], stop_all=cancel, out=out, tag=r))
+    except Busy:
+        for q in reqs:
+            q.cancel.set()
+        raise
+    decoders = [IncrementalDecoder(hf.tok) for _ in rows]
+    stops = [StopMatcher(p.stop) for p in params]
+    clocks = [ReplyClock(t0=t0) for _ in rows]
+    queued: list[float | None] = [None] * n
+    done = [False] * n
+    cuda = hf.device.type == "cuda"
+
+    def finish(r: int, reason: str) -> Iterator[tuple[int, Chunk]]:
+        done[r] = True
+        reqs[r].cancel.set()  # the scheduler frees the row at its next step, if it has not already
+        tail = stops[r].feed(decoders[r].flush()) + stops[r].flush()
+        if tail:
+            yield r, Chunk(tail)
+        stats = clocks[r].stats(len(rows[r]), reason, seeds[r], memory=gpu_memory(cuda))
+        # a request that ended while still in line (Stop, a consumer gone) waited all of its time
+        stats.queued_s = queued[r] if queued[r] is not None else time.perf_counter() - reqs[r].t_submit
+        if constraints[r] is not None:
+            stats.closed_early, stats.constraint_s = constraints[r].closed_early[0], constraints[r].seconds
+        yield r, Chunk("", stats)
+
+    try:
+        while not all(done):
+            r, kind, value, at = out.get()
+            if kind == "error":
+                e = value
+                raise (user_error(e, hf.info.name, oom_hint) if isinstance(e, torch.OutOfMemoryError) else e)
+            if done[r]:
+                continue
+            if kind == "wait":
+                yield r, Chunk("", waiting=value)
+            elif kind == "start":
+                queued[r] = at - reqs[r].t_submit
+            elif kind == "token":
+                clocks[r].tick(at=at)
+                text = stops[r].feed(decoders[r].push(value))
+                if text:
+                    yield r, Chunk(text)
+                if stops[r].hit:
+                    yield from finish(r, "stop")
+            else:  # "end": end of turn, max new tokens, Stop
+                yield from finish(r, value)
+    finally:  # the consumer went away (page closed, Stop) or something failed: free the rows
+        for q in reqs:
+            q.cancel.set()
