@@ -62,9 +62,25 @@ def bench_variants(model, variants: Sequence[Variant], benchmark: str, limit: in
     for i, (v, req) in enumerate(zip(variants, requests)):
         if cancel.is_set():
             break
-        result = runner.run(model, req, (lambda p, i=i: on_progress(i, p)) if on_progress else None, cancel)
+        named: set[str] = set()
+
+        def progress(p, i=i, v=v):
+            if p.run_id not in named:  # the history shows the variant while the run goes, not a bare "gen 0"
+                named.add(p.run_id)
+                runner.store.rename(p.run_id, run_name(v))
+            if on_progress:
+                on_progress(i, p)
+
+        result = runner.run(model, req, progress, cancel)
+        if result.run_id not in named:
+            runner.store.rename(result.run_id, run_name(v))
         rows.append(BenchRow(v, result.run_id, result.status, result.summary))
     return rows
+
+
+def run_name(v: Variant) -> str:
+    """How a run of Compare's "Variants on a benchmark" is named in the history: by its variant."""
+    return f"Compare variant “{v.name}” #{v.fingerprint}"
 
 
 def bench_table(rows: Sequence[BenchRow]) -> list[list]:

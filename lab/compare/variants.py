@@ -21,6 +21,7 @@ MIN_PANES, MAX_PANES = 2, 4
 SLOT = "{input}"
 SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
 DEFAULTS = SamplingParams()
+AS_LOADED = "as loaded"  # the page's word for "the model (or quantization) the page has loaded"
 
 
 @dataclass
@@ -37,6 +38,13 @@ class Variant:
     max_new_tokens: int = DEFAULTS.max_new_tokens
     seed: int | None = None
     preset: str | None = None  # the preset the system prompt came from, if any (for the record)
+    model: str | None = None  # a model of its own (a registry name, Hub id, path); None: the page's loaded model
+    quant: str | None = None  # its quantization (auto, bf16, 4bit, ...); None: auto, or the loaded model's own
+
+    @property
+    def names_model(self) -> bool:
+        """Whether it asks for a model or quantization other than whatever the page has loaded."""
+        return bool(self.model or self.quant)
 
     def params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -52,8 +60,9 @@ class Variant:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if d["preset"] is None:
-            del d["preset"]
+        for k in ("preset", "model", "quant"):  # left out when unset: older records and fingerprints stay as they were
+            if d[k] is None:
+                del d[k]
         return d
 
     @property
@@ -95,6 +104,8 @@ def variant_from_dict(d: object, index: int, presets: dict[str, str] | None = No
     template = SLOT if template is None or template == "" else template
     if not isinstance(template, str) or SLOT not in template:
         raise LabError(f"{where} has a template without an {SLOT} slot; add {SLOT} where the input goes.")
+    model, quant = (_optional_text(d.get(k), where, what) for k, what in (("model", "model"),
+                                                                          ("quant", "quantization")))
     values = {}
     try:
         for k in SAMPLING:
@@ -107,11 +118,21 @@ def variant_from_dict(d: object, index: int, presets: dict[str, str] | None = No
                 values[k] = None  # -1: a fresh seed each run
             else:
                 values[k] = check_number(k, v)  # the one rule for numbers: finite, in range
-        variant = Variant(name=name, system=system.strip(), template=template, preset=preset, **values)
+        variant = Variant(name=name, system=system.strip(), template=template, preset=preset, model=model,
+                          quant=quant, **values)
         variant.params()  # SamplingParams checks the ranges
     except ValueError as e:
         raise LabError(f"{where} has an invalid sampling setting: {e}.") from None
     return variant
+
+
+def _optional_text(value, where: str, what: str) -> str | None:
+    """A model or quantization field: None, "" and the page's "as loaded" mean the loaded model's."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", AS_LOADED)):
+        return None
+    if not isinstance(value, str) or lone_surrogate(value) or "\n" in value:
+        raise LabError(f"{where} needs its {what} as one line of text.")
+    return value.strip()
 
 
 def _negative(v) -> bool:
