@@ -97,13 +97,13 @@ manager = ModelManager()  # one model for the page and, with --api, for /v1
 demo = create(args, manager)
 
 if __name__ == "__main__":
-    from lab.ui import CSS, THEME
+    from lab.ui import LAUNCH  # theme, CSS, the head script and the footer's links
 
     if args.api:  # the page mounted onto lab.serve's FastAPI app, one port for both
         from lab.serve import launch_with_api
 
         launch_with_api(demo, manager, host=args.host, port=args.port, api_key=args.api_key,
-                        auth=parse_auth(args.auth), theme=THEME, css=CSS, show_error=True)
+                        auth=parse_auth(args.auth), show_error=True, **LAUNCH)
     else:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
-                    theme=THEME, css=CSS, show_error=True)
+                    show_error=True, **LAUNCH)

@@ -6,6 +6,8 @@
     store.save(run_id, records)             # the same, but a sample that cannot be written does not stop the rest
     store.done_keys(run_id)                 # what a resumed run skips
     store.finish(run_id, "finished", summary)
+    store.rename(run_id, "bf16, 5-shot")    # a name the page shows beside the id ("" clears it)
+    store.delete(run_id)                    # the run and its samples (not while it runs, nor inside a report)
 
 Each batch of samples is committed in its own transaction, so a run killed with SIGKILL keeps every
 batch written before the kill and `--resume` redoes only the rest. WAL mode lets the page read the
@@ -68,6 +70,7 @@ class Run:
     ended_at: float | None
     summary: dict | None
     owner: str | None = None
+    name: str | None = None  # given on the page (or by Compare: its variant's name); None: known by its id
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +85,10 @@ class Run:
     def label(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started_at))
         sub = f"/{self.subset}" if self.subset else ""
-        return f"{self.id} · {self.benchmark}{sub} {self.mode} · {self.model} {self.quant or ''} · {when}"
+        shots = "" if self.shots is None else f" {self.shots}-shot"
+        named = f"“{self.name}” " if self.name else ""
+        return (f"{named}{self.id} · {self.benchmark}{sub} {self.mode}{shots} · {self.model} {self.quant or ''} · "
+                f"{when}")
 
 
 class RunStore(Store):
@@ -134,6 +140,27 @@ class RunStore(Store):
         with self.conn() as c:
             c.execute("UPDATE runs SET status=?, owner=?, ended_at=NULL WHERE id=?",
                       (status, put(_owner()), put(run_id)))
+
+    def rename(self, run_id: str, name: str | None) -> None:
+        """Give a run a name shown beside its id; empty clears it."""
+        name = " ".join((name or "").split())
+        if len(name) > 120:
+            raise LabError(f"A run's name takes at most 120 characters, not {len(name)}.")
+        self.get(run_id)  # an unknown id is its sentence
+        with self.conn() as c:
+            c.execute("UPDATE runs SET name=? WHERE id=?", (put(name or None), put(run_id)))
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run and its samples; refused while it runs, and for a run a quantization report is made of."""
+        run = self.get(run_id)
+        if run.state == "running":
+            raise LabError(f"Run {run_id} is still running; cancel it first, then delete it.")
+        with self.conn() as c:
+            row = c.execute("SELECT report_id FROM quant_runs WHERE run_id=?", (put(run_id),)).fetchone()
+            if row is not None:
+                raise LabError(f"Run {run_id} is part of quantization report {get(row[0])}; it stays while the "
+                               "report does.")
+            c.execute("DELETE FROM runs WHERE id=?", (put(run_id),))  # samples go with it (ON DELETE CASCADE)
 
     def update_params(self, run_id: str, **values) -> None:
         """Set keys of a run's params (what it learns as it goes: which processes scored how much of it)."""
@@ -297,4 +324,4 @@ def _run(row: sqlite3.Row) -> Run:
                model=r["model"], quant=r["quant"], params=json.loads(r["params"]), data_source=r["data_source"],
                versions=json.loads(r["versions"] or "{}"), seed=r["seed"], n_total=r["n_total"],
                status=r["status"], started_at=r["started_at"], ended_at=r["ended_at"],
-               summary=json.loads(r["summary"]) if r["summary"] else None, owner=r["owner"])
+               summary=json.loads(r["summary"]) if r["summary"] else None, owner=r["owner"], name=r.get("name"))

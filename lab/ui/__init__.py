@@ -2,7 +2,8 @@
 
 The UI is a leaf: it calls the model manager, `lab.chat`, `lab.compare`, `lab.eval` and the model
 interface, and nothing outside `lab/ui` imports Gradio; deleting it leaves every benchmark, the server
-and the CLIs running. `common` holds what the tabs share.
+and the CLIs running. `common` holds what the tabs share; `page` the title, CSS, head script and the
+arguments `launch()` takes (`LAUNCH`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from lab.models.manager import ModelManager
 from lab.ui.chat_tab import build_chat_tab
 from lab.ui.compare_tab import build_compare_tab
 from lab.ui.eval_tab import build_eval_tab
+from lab.ui.page import CSS, LAUNCH, THEME, title
 
-CSS = """
-#model-info { font-size: 0.9rem; }
-#reply-stats { font-size: 0.85rem; opacity: 0.85; min-height: 1.5em; }
-"""
-THEME = gr.themes.Soft(primary_hue="violet")
+__all__ = ["build_app", "CSS", "THEME", "LAUNCH"]
 
 
 def build_app(manager: ModelManager) -> gr.Blocks:
+    device = manager.model.info.device if manager.loaded else "cpu"
     with gr.Blocks(title="Qwen Lab") as demo:
-        gr.Markdown("## Qwen Lab — chat with, compare and measure open models on your own GPU")
+        gr.Markdown(title(device), elem_id="page-title")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                build_chat_tab(manager)
+                build_chat_tab(manager, demo)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 build_compare_tab(manager, compare_tab)
             with gr.Tab("Evaluate", id="evaluate") as eval_tab:

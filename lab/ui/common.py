@@ -1,10 +1,18 @@
 """What the tabs share: Stop per browser session, how often the page updates, a form's numbers checked by the one
-rule, and long work (an evaluation, variants on a benchmark) run in the background while the event that started it
-reports its progress."""
+rule, errors shown beside what caused them, and long work (an evaluation, variants on a benchmark) run in the
+background while the event that started it reports its progress.
+
+The page's rule for errors: one that a user can cause never replaces or locks a component. A handler wrapped in
+`errors_inline` answers a LabError by writing `notice(sentence)` into one output of its own (a Markdown beside
+the form) and leaving every other output as it was; raising gr.Error is for API-only endpoints (gr.api), where
+the program gets the sentence as its exception. (lab.ui.page's CSS also hides Gradio's red "Error" overlay, so an
+error that slips through still leaves the component usable, its reason in the toast.)"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import threading
 from typing import Callable, Iterator
@@ -42,14 +50,58 @@ class SessionCancels:
 
 
 def whole_number(*args, **kwargs) -> gr.Number:
-    """gr.Number(*args, precision=0, **kwargs) that hands NaN and the infinities to the handler, whose one rule
-    answers them in a sentence; Gradio's own rounding would fail on them with its exception's text. (A wrapper,
-    not a subclass: Gradio writes a .pyi file beside every module that defines a component class.)"""
+    """gr.Number(*args, precision=0, **kwargs) that hands NaN, the infinities and numbers outside its minimum and
+    maximum to the handler, whose one rule answers them in a sentence naming the field; Gradio's own check would
+    fail with "Value 0 is less than minimum value 1", naming no field, and its rounding with an exception's text.
+    (A wrapper, not a subclass: Gradio writes a .pyi file beside every module that defines a component class.)"""
     box = gr.Number(*args, **kwargs)
     rounded = box.preprocess
-    box.preprocess = lambda payload: (payload if isinstance(payload, float) and not math.isfinite(payload)
-                                      else rounded(payload))
+
+    def preprocess(payload):
+        if isinstance(payload, float) and not math.isfinite(payload):
+            return payload
+        low = box.minimum is not None and isinstance(payload, (int, float)) and payload < box.minimum
+        high = box.maximum is not None and isinstance(payload, (int, float)) and payload > box.maximum
+        if (low or high) and not isinstance(payload, bool):
+            return gr.Number.round_to_precision(payload, box.precision)
+        return rounded(payload)
+
+    box.preprocess = preprocess
     return box
+
+
+def notice(text: str) -> str:
+    """A sentence for a notice beside a form: a warning sign, then the sentence ("" clears the notice)."""
+    return f"⚠️ {text}" if text else ""
+
+
+def errors_inline(outputs: int, slot: int) -> Callable:
+    """Decorate a handler (function or generator) of `outputs` outputs so that a LabError becomes `notice(sentence)`
+    in output `slot` while the others stay as they are (gr.skip()); nothing is locked, and the sentence stays until
+    the next event writes the slot."""
+    def answer(e: LabError) -> tuple:
+        out = [gr.skip()] * outputs
+        out[slot] = notice(str(e))
+        return tuple(out) if outputs > 1 else out[0]
+
+    def wrap(fn):
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except LabError as e:
+                    yield answer(e)
+            return gen
+
+        @functools.wraps(fn)
+        def plain(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except LabError as e:
+                return answer(e)
+        return plain
+    return wrap
 
 
 def form_number(field: str, value, label: str):
@@ -78,4 +130,5 @@ def in_background(job: Callable[[Callable[[object], None], threading.Event], obj
         cancels.finish(key, event)
 
 
-__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "whole_number", "form_number", "in_background"]
+__all__ = ["STREAM_INTERVAL_S", "SessionCancels", "whole_number", "form_number", "in_background", "notice",
+           "errors_inline"]

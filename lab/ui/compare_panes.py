@@ -5,17 +5,21 @@ output column per pane (label, streamed reply, stats), and the conversions betwe
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import gradio as gr
 
 from lab.chat.conversation import format_stats
 from lab.compare import MAX_PANES, SLOT, Comparison, Variant, parse_variants
+from lab.compare.variants import AS_LOADED
+from lab.models import QUANTS, REGISTRY
 from lab.ui.common import whole_number
 
-FIELDS = ("name", "preset", "system", "template", "temperature", "top_p", "top_k", "repetition_penalty",
-          "max_new_tokens", "seed")
+FIELDS = ("name", "model", "quant", "preset", "system", "template", "max_new_tokens", "temperature", "top_p", "top_k",
+          "repetition_penalty", "seed")
 CUSTOM = "Custom"
+QUANT_CHOICES = [(AS_LOADED, AS_LOADED)] + [(q, q) for q in QUANTS]
 # What a fresh page offers: four different system prompts, so that Run compares something at once.
 STARTERS = [("A", "Qwen default", 0.7), ("B", "Concise", 0.7), ("C", "简洁回答", 0.7), ("D", "Qwen default", 0.0)]
 
@@ -44,12 +48,22 @@ def build_editors(presets: dict[str, str], shown: int) -> list[Editor]:
             preset = preset if preset in presets else next(iter(presets))
             with gr.Column(visible=i < shown, min_width=240, elem_id=f"cmp-variant-{i}") as column:
                 f = [gr.Textbox(name, label=f"Variant {i + 1} name", max_lines=1, elem_id=f"cmp-name-{i}")]
+                with gr.Row(equal_height=True):
+                    f.append(gr.Dropdown([AS_LOADED, *REGISTRY], value=AS_LOADED, allow_custom_value=True,
+                                         label="Model", info="as loaded: the page's; or a name, Hub id, path",
+                                         min_width=140, elem_id=f"cmp-model-{i}"))
+                    f.append(gr.Dropdown(QUANT_CHOICES, value=AS_LOADED, label="Quantization",
+                                         info="as loaded, or auto: the model's default", min_width=110,
+                                         elem_id=f"cmp-quant-{i}"))
                 f.append(gr.Dropdown([*presets, CUSTOM], value=preset, label="System-prompt preset",
                                      elem_id=f"cmp-preset-{i}"))
                 f.append(gr.Textbox(presets[preset], label="System prompt (editable)", lines=3, max_lines=12,
                                     elem_id=f"cmp-system-{i}"))
                 f.append(gr.Textbox(SLOT, label="Template ({input} is replaced by the input)", lines=2,
                                     max_lines=12, elem_id=f"cmp-template-{i}"))
+                # Out of the closed panel: the longest reply sets how long the batch takes.
+                f.append(gr.Slider(16, 8192, value=512, step=16, label="Max new tokens (the longest sets the time)",
+                                   elem_id=f"cmp-max-new-{i}"))
                 with gr.Accordion("Sampling", open=False):
                     f.append(gr.Slider(0, 2, value=temp, step=0.05, label="Temperature (0 = greedy)",
                                        elem_id=f"cmp-temperature-{i}"))
@@ -57,11 +71,9 @@ def build_editors(presets: dict[str, str], shown: int) -> list[Editor]:
                     f.append(gr.Slider(0, 200, value=20, step=1, label="Top-k (0 = off)", elem_id=f"cmp-top-k-{i}"))
                     f.append(gr.Slider(0.8, 2, value=1.05, step=0.01, label="Repetition penalty",
                                        elem_id=f"cmp-rep-{i}"))
-                    f.append(gr.Slider(16, 8192, value=512, step=16, label="Max new tokens",
-                                       elem_id=f"cmp-max-new-{i}"))
-                    f.append(whole_number(-1, precision=0, label="Seed (-1 = none; the first seed given seeds the batch)",
+                    f.append(whole_number(-1, precision=0, label="Seed (-1 = a fresh one each run)",
                                        elem_id=f"cmp-seed-{i}"))
-            editors.append(Editor(column, f, f[1], f[2]))
+            editors.append(Editor(column, f, f[FIELDS.index("preset")], f[FIELDS.index("system")]))
     return editors
 
 
@@ -93,8 +105,8 @@ def form_values(variants: list[Variant], presets: dict[str, str]) -> list:
     out = []
     for v in variants:
         preset = v.preset if v.preset in presets else CUSTOM
-        out += [v.name, preset, v.system, v.template, v.temperature, v.top_p, v.top_k, v.repetition_penalty,
-                v.max_new_tokens, -1 if v.seed is None else v.seed]
+        out += [v.name, v.model or AS_LOADED, v.quant or AS_LOADED, preset, v.system, v.template, v.max_new_tokens,
+                v.temperature, v.top_p, v.top_k, v.repetition_penalty, -1 if v.seed is None else v.seed]
     return out + [gr.skip()] * (len(FIELDS) * (MAX_PANES - len(variants)))
 
 
@@ -120,18 +132,38 @@ def plain_labels(comparison: Comparison, revealed: bool) -> list[str]:
     return out
 
 
-def labels(comparison: Comparison, revealed: bool) -> list[str]:
-    """Markdown of each pane's label; revealed blind panes also show the fingerprint and the pick."""
+def ran_on(comparison: Comparison, idx: int) -> str:
+    """The model a variant ran on (or asks for, before it has run), when the comparison spans models."""
+    v = comparison.variants[idx]
+    info = comparison.models[idx] if comparison.models else None
+    if info:
+        return f"{info['name']} · {info['quant']}"
+    if not v.names_model:
+        return "the loaded model"
+    return f"{v.model or 'the loaded model'} · {v.quant or 'auto'}"
+
+
+def cost(comparison: Comparison, idx: int, spans: bool) -> str:
+    """What a pane costs, shown on it: its model (when the comparison spans models) and its max new tokens."""
+    v = comparison.variants[idx]
+    where = f"{ran_on(comparison, idx)} · " if spans else ""
+    return f"<small>{html.escape(where)}up to {v.max_new_tokens:,} new tokens</small>"
+
+
+def labels(comparison: Comparison, revealed: bool, spans: bool = False) -> list[str]:
+    """Markdown of each pane's label with its cost; blind panes show neither until the vote reveals them, and
+    then the fingerprint and the pick."""
     out = []
     for pane, (idx, name) in enumerate(zip(order_of(len(comparison.variants), comparison),
                                            plain_labels(comparison, revealed))):
         if comparison.order is None:
-            out.append(f"**{pane + 1} · {name}**")
+            out.append(f"**{pane + 1} · {name}**  \n{cost(comparison, idx, spans)}")
         elif not revealed:
             out.append(f"**{name}**")
         else:
-            won = " — 🏆 your pick" if comparison.voted and comparison.vote == idx else ""
-            out.append(f"**{name}** `#{comparison.variants[idx].fingerprint}`{won}")
+            won = " — **your pick**" if comparison.voted and comparison.vote == idx else ""
+            out.append(f"**{name}** `#{comparison.variants[idx].fingerprint}`{won}  \n"
+                       f"{cost(comparison, idx, spans)}")
     return pad(out)
 
 

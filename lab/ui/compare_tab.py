@@ -1,12 +1,15 @@
-"""The Compare tab: two to four variants (system prompt, template, sampling) answer one input together
-in one batched generation, every pane streaming; a word diff between two outputs; blind mode with votes
-kept in the run history (`runs/lab.db`, table `votes`) and a tally per pair of variants; variant sets
-saved to and loaded from prompts/compare/*.yaml; JSON and Markdown exports; and the variants run over a
+"""The Compare tab: two to four variants (system prompt, template, sampling, and optionally a model and
+quantization of their own) answer one input together in one batched generation per model, every pane streaming;
+a word diff between two outputs; blind mode with votes kept in the run history (`runs/lab.db`, table `votes`),
+rated into leaderboards of variants and of models (lab/ui/compare_board.py) over the raw tally per pair; variant
+sets saved to and loaded from prompts/compare/*.yaml; JSON and Markdown exports; and the variants run over a
 seeded slice of a benchmark, one saved evaluation run each, accuracy side by side.
 
 Programs reach it by api_name (gradio_client): `/compare` (input, variants as a JSON list of objects ->
-one output per variant, streamed as partial lists) and `/compare_bench` (variants, benchmark, limit,
-seed, max new tokens -> one row per variant with its run id and accuracy).
+one output per variant, streamed as partial lists), `/compare_plan` (variants -> what their models take and
+whether they fit together), `/compare_free` (frees the models Compare holds beside the page's),
+`/compare_board` (the leaderboards and the tally) and `/compare_bench` (variants, benchmark, limit, seed, max
+new tokens -> one row per variant with its run id and accuracy).
 """
 
 from __future__ import annotations
@@ -27,16 +30,27 @@ from lab.compare import MAX_PANES, Comparison, check_input, parse_variants, run_
 from lab.compare.bench import BENCH_HEADERS, bench_table, bench_variants
 from lab.compare.diff import word_diff_html
 from lab.compare.sets import list_sets, load_set, save_set
-from lab.compare.votes import TALLY_HEADERS, VoteStore
+from lab.compare.votes import VoteStore
 from lab.errors import LabError
 from lab.eval.plan import DEFAULT_SEED
 from lab.eval.spec import benchmarks
 from lab.models.manager import ModelManager
 from lab.space import gpu
 from lab.ui import compare_panes as cp
+from lab.ui.compare_board import build_board, frames
+from lab.ui.compare_models import plan_for, run_planned, spans_models
 from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, whole_number, form_number, in_background
 
 BENCH_UPDATE_S = 0.25
+# Long code lines wrap inside a pane rather than run on under its copy icon; the icon gets a strip of its own.
+STYLE = """<style>
+[id^="cmp-out-"] pre, [id^="cmp-out-"] code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+[id^="cmp-out-"] pre { padding-top: 2.2em !important; }
+[id^="cmp-out-"] .prose { padding-right: 2.2em; }
+</style>"""
+# On a phone the panes start far below Run all: bring the first one into view as the run starts.
+SCROLL_JS = """() => { if (window.innerWidth < 800) {
+  const el = document.querySelector('#cmp-status'); if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); } }"""
 
 
 def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
@@ -44,17 +58,11 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     cancels = SessionCancels()
     votes = functools.cache(VoteStore.open)  # on first use: a bad LAB_RUNS_DIR is a sentence on the page, not a crash
 
-    def tally_frame() -> pd.DataFrame:
-        try:
-            rows = [t.row() for t in votes().tally()]
-        except LabError:
-            rows = []
-        return pd.DataFrame(rows, columns=TALLY_HEADERS)
-
     # ---- layout -------------------------------------------------------------------------
     state = gr.State(None)  # the last Comparison shown
-    gr.Markdown("Every variant answers the same input, together in one batched generation. Blind mode hides "
-                "and shuffles the labels until you vote.")
+    gr.HTML("", head=STYLE, padding=False, elem_id="cmp-style")
+    gr.Markdown("Every variant answers the same input, together in one batched generation per model. A variant may "
+                "name a model and quantization of its own; blind mode hides and shuffles the labels until you vote.")
     with gr.Row():
         user_input = gr.Textbox(label="Input (every variant answers it)", lines=3, max_lines=16, scale=6,
                                 elem_id="cmp-input")
@@ -78,9 +86,13 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         vote_btns = [gr.Button(f"Response {i + 1} is better", visible=i < 2, elem_id=f"cmp-vote-{i}")
                      for i in range(MAX_PANES)]
         tie_btn = gr.Button("Tie", elem_id="cmp-vote-tie")
+        bad_btn = gr.Button("Both are bad", elem_id="cmp-vote-bad")
     vote_note = gr.Markdown("", elem_id="cmp-vote-note")
-    with gr.Accordion("Blind-vote tally, per pair of variants (name #fingerprint)", open=True):
-        tally = gr.Dataframe(tally_frame(), interactive=False, elem_id="cmp-tally")
+    with gr.Row(equal_height=True):
+        plan_btn = gr.Button("What fits in memory?", size="sm", elem_id="cmp-plan")
+        free_btn = gr.Button("Free Compare's other models", size="sm", elem_id="cmp-free")
+    plan_note = gr.Markdown("", elem_id="cmp-plan-note")
+    board = build_board(votes)
     with gr.Accordion("Word diff of two outputs", open=True):
         with gr.Row(equal_height=True):
             diff_a = gr.Dropdown(list(range(1, MAX_PANES + 1)), value=1, label="From pane", elem_id="cmp-diff-a")
@@ -108,40 +120,63 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     # ---- running ------------------------------------------------------------------------
     def shown(comparison: Comparison, texts: list[str], revealed: bool, stats_hidden: bool) -> list:
         order = cp.order_of(len(texts), comparison)
-        return (cp.labels(comparison, revealed) + cp.pad([texts[i] for i in order])
+        return (cp.labels(comparison, revealed, comparison.models is not None) + cp.pad([texts[i] for i in order])
                 + cp.stats_lines(comparison, stats_hidden))
+
+    def plan_or_model(variants: list):
+        """The memory plan when a variant names a model, else the page's model; a sentence when neither can be."""
+        return (plan_for(manager, variants), None) if spans_models(variants) else (None, manager.model)
+
+    def streams(text: str, variants: list, plan, model, event):
+        """(panes, what is happening, each variant's model) as the variants answer: one batched generation on the
+        page's model, or, when a variant names a model, each model's batch in the memory plan's order."""
+        if plan is None:
+            return ((panes, None, [model.info] * len(variants))
+                    for panes in run_variants(model, text, variants, event))
+        return run_planned(manager, text, variants, plan, event)
 
     @gpu(duration=120)
     def run(request: gr.Request, text: str, n: int, blind_on: bool, *values):
-        """Every pane's variant answers `text` in one batched generation; the panes stream together."""
+        """Every pane's variant answers `text` in one batched generation per model; the panes stream together."""
         try:
             variants = cp.variants_from_form(n, values)
             check_input(text)
-            model = manager.model
+            plan, model = plan_or_model(variants)
         except LabError as e:
             raise gr.Error(str(e)) from None
-        k = len(variants)
+        k, spans = len(variants), plan is not None
         order = random.sample(range(k), k) if blind_on else None
-        comparison = Comparison(text, variants, [""] * k, [None] * k, model.info.to_dict(), order=order)
+        page_model = manager.model.info.to_dict() if manager.loaded else None
+        comparison = Comparison(text, variants, [""] * k, [None] * k, page_model, order=order)
         event = cancels.start(request.session_hash)
-        busy = cp.pad(["*generating…*"] * k)
-        yield (*cp.labels(comparison, False), *cp.pad([""] * k), *busy, gr.Row(visible=False), "", None,
-               f"Generating {k} variants in one batch…")
-        t0, last, panes_now = time.monotonic(), 0.0, None
+        stream = streams(text, variants, plan, model, event)
+        longest = max(v.max_new_tokens for v in variants)
+        start = (f"{plan.placement.note} " if spans else "") + (
+            f"Generating {k} variants{'' if spans else ' in one batch'}, up to {longest:,} new tokens "
+            f"{'each' if len({v.max_new_tokens for v in variants}) == 1 else 'for the longest'} "
+            "(the longest reply sets the time)…")
+        yield (*cp.labels(comparison, False, spans), *cp.pad([""] * k), *cp.pad(["*generating…*"] * k),
+               gr.Row(visible=False), "", None, start)
+        t0, last, panes_now, infos, said = time.monotonic(), 0.0, None, None, None
         try:
-            with contextlib.closing(run_variants(model, text, variants, event)) as stream:
-                for panes_now in stream:
-                    if time.monotonic() - last > STREAM_INTERVAL_S:
+            with contextlib.closing(stream):
+                for panes_now, what, infos in stream:
+                    if time.monotonic() - last > STREAM_INTERVAL_S or (what and what != said):
                         last = time.monotonic()
                         texts = [p.text for p in panes_now]
+                        note = f"{plan.placement.note} {what}" if what and what != said else gr.skip()
+                        said = what or said
                         yield (*[gr.skip()] * MAX_PANES, *cp.pad([texts[i] for i in cp.order_of(k, comparison)]),
-                               *[gr.skip()] * (MAX_PANES + 4))
+                               *[gr.skip()] * (MAX_PANES + 3), note)
         except LabError as e:
             raise gr.Error(str(e)) from None
         finally:
             cancels.finish(request.session_hash, event)
-        comparison = Comparison.from_panes(text, variants, panes_now, model.info, order)
-        done = f"{k} variants, one batched generation, {time.monotonic() - t0:.1f} s."
+        comparison = Comparison.from_panes(text, variants, panes_now, manager.model.info if manager.loaded else None,
+                                           order, models=infos if spans else None)
+        took = f"{time.monotonic() - t0:.1f} s"
+        done = (f"{k} variants on {len(plan.placement.steps)} models, one batch per model, {took}. "
+                f"{plan.placement.note}" if spans else f"{k} variants, one batched generation, {took}.")
         if order is not None:
             done += " Which response is better? Vote below to reveal the labels."
         yield (*shown(comparison, comparison.outputs, False, order is not None), gr.Row(visible=order is not None),
@@ -150,22 +185,24 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     def stop(request: gr.Request) -> None:
         cancels.stop(request.session_hash)
 
-    def vote(comparison: Comparison | None, pane: int | None):
+    def vote(comparison: Comparison | None, pane: int | str | None):
+        """pane: the pane voted for, None for a tie, "bad" for both are bad."""
         if comparison is None or comparison.order is None:
             raise gr.Error("Run a comparison in blind mode first, then vote.")
         if comparison.voted:
             raise gr.Error("This comparison has its vote; run it again to vote again.")
-        if pane is not None and pane >= len(comparison.order):
+        if isinstance(pane, int) and pane >= len(comparison.order):
             raise gr.Error(f"There is no response {pane + 1} in this comparison.")
-        comparison.vote = None if pane is None else comparison.order[pane]
+        comparison.vote = comparison.order[pane] if isinstance(pane, int) else None
+        comparison.bad = pane == "bad"
         comparison.voted = True
         try:
             vote_id = votes().record(comparison)
         except LabError as e:
             raise gr.Error(str(e)) from None
         note = f"Vote {vote_id} recorded: {comparison.verdict}. The labels are revealed above."
-        return (*cp.labels(comparison, True), *cp.stats_lines(comparison, False), gr.Row(visible=False), note,
-                comparison, tally_frame())
+        return (*cp.labels(comparison, True, comparison.models is not None), *cp.stats_lines(comparison, False),
+                gr.Row(visible=False), note, comparison, *frames(votes))
 
     def diff(comparison: Comparison | None, a, b) -> str:
         if comparison is None:
@@ -207,7 +244,31 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         n = int(n)
         return (*cp.visibility(n), *cp.visibility(n), *[gr.Button(visible=i < n) for i in range(MAX_PANES)])
 
+    def plan_text(variants: list) -> str:
+        if not spans_models(variants):
+            return "No variant names a model: they all run on the page's model, in one batched generation."
+        return plan_for(manager, variants).placement.note
+
+    def plan_page(n: int, *values) -> str:
+        try:
+            return plan_text(cp.variants_from_form(n, values))
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+
+    def free() -> str:
+        """Free the models Compare holds beside the page's model (their memory goes back)."""
+        held = [k for k in manager.held() if k != manager.main_key()]
+        manager.release_extras()
+        return f"Freed {', '.join(held)}." if held else "Compare holds no other model; nothing to free."
+
     # ---- variants on a benchmark ----------------------------------------------------------
+    def one_model(variants: list) -> list:
+        if spans_models(variants):
+            raise LabError("Variants on a benchmark run on the page's model; set every variant's model to "
+                           "'as loaded', or measure models and quantizations on a benchmark with the Evaluate "
+                           "tab's Quantization report.")
+        return variants
+
     def bench_watch(variants, benchmark: str, limit, seed, max_new, key: str):
         """Run the variants on the benchmark in the background; yield progress lines, then (line, table rows)."""
         try:
@@ -239,7 +300,7 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     @gpu(duration=600)
     def bench_page(request: gr.Request, benchmark: str, limit, seed, max_new, n: int, *values):
         try:
-            variants = cp.variants_from_form(n, values)
+            variants = one_model(cp.variants_from_form(n, values))
         except LabError as e:
             raise gr.Error(str(e)) from None
         yield "Starting…", gr.skip()
@@ -250,14 +311,19 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     run_outputs = [*pane_outputs, vote_row, vote_note, state, status]
     for trigger in (run_btn.click, user_input.submit):
         trigger(run, [user_input, panes, blind, *form], run_outputs, api_visibility="private", concurrency_id="model")
+        trigger(None, None, None, js=SCROLL_JS, queue=False, api_visibility="private")
     stop_btn.click(stop, None, None, queue=False, api_visibility="private")
-    vote_outputs = [*[o.label for o in outs], *[o.stats for o in outs], vote_row, vote_note, state, tally]
-    def voter(pane: int | None):
+    vote_outputs = [*[o.label for o in outs], *[o.stats for o in outs], vote_row, vote_note, state, *board.outputs]
+
+    def voter(pane: int | str | None):
         return lambda comparison: vote(comparison, pane)
 
     for i, btn in enumerate(vote_btns):
         btn.click(voter(i), state, vote_outputs, api_visibility="private")
     tie_btn.click(voter(None), state, vote_outputs, api_visibility="private")
+    bad_btn.click(voter("bad"), state, vote_outputs, api_visibility="private")
+    plan_btn.click(plan_page, [panes, *form], plan_note, api_visibility="private")
+    free_btn.click(free, None, plan_note, api_name="compare_free", concurrency_id="model")
     diff_btn.click(diff, [state, diff_a, diff_b], diff_view, api_visibility="private")
     json_btn.click(lambda c: export(c, "json"), state, export_file, api_visibility="private")
     md_btn.click(lambda c: export(c, "md"), state, export_file, api_visibility="private")
@@ -271,7 +337,7 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     bench_btn.click(bench_page, [bench, bench_limit, bench_seed, bench_new, panes, *form], [bench_note, bench_df],
                     api_visibility="private", concurrency_id="model")
     if tab is not None:  # opening the tab shows the votes and sets made meanwhile (other visitors, other tabs)
-        tab.select(lambda: (tally_frame(), gr.Dropdown(choices=list_sets())), None, [tally, sets],
+        tab.select(lambda: (*frames(votes), gr.Dropdown(choices=list_sets())), None, [*board.outputs, sets],
                    api_visibility="private")
 
     # ---- for programs -----------------------------------------------------------------------
@@ -280,17 +346,18 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
         variants: a JSON list of 2 to 4 objects, each with optional "name", "system" (text, or a preset name
         of prompts/system.yaml), "template" (with an {input} slot; default "{input}"), "temperature",
-        "top_p", "top_k", "repetition_penalty", "max_new_tokens" and "seed"."""
+        "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed", and "model" and "quant" (a model of its
+        own and its quantization; left out: the page's model)."""
         try:
             parsed = parse_variants(variants)
             check_input(input)
-            model = manager.model
+            stream = streams(input, parsed, *plan_or_model(parsed), None)
         except LabError as e:
             raise gr.Error(str(e)) from None
         last, texts = 0.0, [""] * len(parsed)
         try:
-            with contextlib.closing(run_variants(model, input, parsed)) as stream:
-                for panes_now in stream:
+            with contextlib.closing(stream):
+                for panes_now, _, _ in stream:
                     texts = [p.text for p in panes_now]
                     if time.monotonic() - last > STREAM_INTERVAL_S:
                         last = time.monotonic()
@@ -301,6 +368,23 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     gr.api(gpu(duration=120)(compare), api_name="compare", concurrency_id="model")
 
+    def compare_plan(variants: str) -> str:
+        """What the variants' models would take and whether they fit in memory together (nothing is loaded)."""
+        try:
+            return plan_text(parse_variants(variants))
+        except LabError as e:
+            raise gr.Error(str(e)) from None
+
+    gr.api(compare_plan, api_name="compare_plan")
+
+    def compare_board() -> dict:
+        """The leaderboards from blind votes (variants, and models as model · quantization) and the pair tally."""
+        note, by_variant, by_model, tally = frames(votes)
+        return {"note": note, "variants": by_variant.to_dict("records"), "models": by_model.to_dict("records"),
+                "tally": tally.to_dict("records")}
+
+    gr.api(compare_board, api_name="compare_board")
+
     def compare_bench(variants: str, benchmark: str | None = None, limit: int = 20, seed: int = DEFAULT_SEED,
                       max_new_tokens: int = 256) -> list[dict]:
         """Each variant's system prompt and template over the same seeded `limit` items of the benchmark (None:
@@ -308,7 +392,7 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         Returns one row per variant: variant, run_id, status, accuracy (code: pass@1), correct, items."""
         benchmark = benchmark or benchmarks()[0]
         try:
-            parsed = parse_variants(variants)
+            parsed = one_model(parse_variants(variants))
         except LabError as e:
             raise gr.Error(str(e)) from None
         rows = []

@@ -8,9 +8,13 @@ at a time runs on the model and the rest wait in line; Cancel and the history do
 
 Programs reach it by api_name (gradio_client): `/evaluate` (benchmark, subset, mode, shots, limit,
 seed -> run id, summary, progress text; streamed), `/eval_cancel`, `/eval_resume` (run id -> as
-`/evaluate`), `/eval_runs` (the history table), `/eval_run` (run id, only wrong -> its views) and
-`/eval_compare` (run A, run B -> overall, per-subject and flipped tables). The quantization report section and
-its `/quant_report` are lab/ui/quant_views.py's.
+`/evaluate`), `/eval_run` (run id, only wrong -> its views; the chart is HTML bars) and `/eval_compare` (run A,
+run B -> overall, per-subject and flipped tables). The history's `/eval_runs`, `/eval_rename`, `/eval_delete` and
+`/eval_trend` are lab/ui/eval_history.py's; the quantization report section and its `/quant_report` are
+lab/ui/quant_views.py's.
+
+The first view shows the newest run (or, before any, what to do), and picking a run fills the form with its
+settings.
 """
 
 from __future__ import annotations
@@ -30,10 +34,15 @@ from lab.eval.spec import benchmarks, load_spec
 from lab.eval.store import RunStore
 from lab.models.manager import ModelManager
 from lab.space import cap_limit, eval_notice, gpu, on_space
+from lab.ui import eval_charts as charts
 from lab.ui import eval_views as views
+from lab.ui.eval_history import build_history, trend, wire
 from lab.ui.common import SessionCancels, whole_number, form_number, in_background
 from lab.ui.quant_views import build_quant_section
 
+WELCOME = ("### No run shown yet\nPick a benchmark and press **Start** (a seeded sample of 20 items takes seconds on "
+           "tiny-random), or select a run in the history below.")
+NO_CHART = "The chart of accuracy per subject appears here once a run is shown."
 DEFAULT_LIMIT = 20  # a click must not start a 14,042-question run on a CPU
 UPDATE_INTERVAL_S = 0.25  # at most four progress updates a second
 GPU_SECONDS = 180  # ZeroGPU: how long one run may hold the GPU (a Space caps runs at 100 questions / 20 problems)
@@ -96,12 +105,11 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                      allow_custom_value=True, elem_id="eval-run")
                 resume_btn = gr.Button("Resume", scale=0, min_width=120, elem_id="eval-resume")
             with gr.Row():
-                headline = gr.Markdown("", elem_id="eval-headline")
+                headline = gr.Markdown(WELCOME, elem_id="eval-headline")
                 summary_df = gr.Dataframe(headers=views.CHOICE_SUMMARY_HEADERS, value=[], interactive=False,
                                           label="Summary", min_width=360, elem_id="eval-summary")
-            chart = gr.BarPlot(views.empty_chart(), x="subject", y="accuracy %", sort="-y", y_lim=[0, 100],
-                               x_label_angle=-60, height=420, tooltip="all", elem_id="eval-chart",
-                               label="Accuracy per subject (code benchmarks: pass rate per task)")
+            gr.Markdown("**Accuracy per subject** (code benchmarks: pass rate per task)", elem_id="eval-chart-title")
+            chart = gr.HTML(charts.bars_html(None, NO_CHART), elem_id="eval-chart")
             with gr.Row(equal_height=True):
                 samples_note = gr.Markdown("", elem_id="eval-samples-note")
                 wrong_only = gr.Checkbox(False, label="Only wrong answers", scale=0, min_width=200,
@@ -114,12 +122,8 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                                     buttons=["copy"], elem_id="eval-sample")
             with gr.Accordion("Summary (JSON)", open=False):
                 summary_json = gr.JSON(label="Summary", elem_id="eval-summary-json")
-    with gr.Accordion("Run history", open=True):
-        with gr.Row():
-            gr.Markdown("Select a row to show that run above; an unfinished one can be resumed there.")
-            refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="eval-refresh")
-        runs_df = gr.Dataframe(past, interactive=False, max_height=320,
-                               label="Runs, newest first", elem_id="eval-runs")
+    hist, refresh_btn, rename_btn, delete_btn = build_history(store, names, past)
+    runs_df = hist.table
     with gr.Accordion("Compare two runs", open=True):
         with gr.Row():
             run_a = gr.Dropdown(choices, value=None, label="Run A", allow_custom_value=True,
@@ -142,17 +146,20 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
     # ---- running --------------------------------------------------------------------------
     def watch(job: Callable, bench: str, key: str):
         """Run `job(on_progress, cancel)` in the background; yield progress, then the run id and its summary."""
-        t0, shown, latest = time.monotonic(), 0.0, None
+        t0, shown, latest, base = time.monotonic(), 0.0, None, None
         yield gr.skip(), gr.skip(), views.progress_html(views.running_text(None, bench, 0))
         try:
             with in_background(job, cancels, key, name="lab-eval") as work:
                 for item in work.events(POLL_S):  # TICK once a second without news: the elapsed time still moves
                     latest = item if isinstance(item, Progress) else latest
+                    if latest is not None and base is None:  # the pace counts from the first batch's end
+                        base = (latest.done, time.monotonic())
                     if time.monotonic() - shown >= UPDATE_INTERVAL_S:
                         shown = time.monotonic()
                         fraction = latest.done / latest.total if latest and latest.total else None
+                        left = views.time_left(latest.done, base[0], latest.total, shown - base[1]) if latest else None
                         yield gr.skip(), gr.skip(), views.progress_html(
-                            views.running_text(latest, bench, shown - t0), fraction)
+                            views.running_text(latest, bench, shown - t0, left), fraction)
         except LabError as e:
             yield gr.skip(), gr.skip(), views.progress_html(str(e), tone="error")
             raise gr.Error(str(e)) from None
@@ -214,9 +221,9 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     # ---- showing runs ------------------------------------------------------------------------
     def show_run(run_id: str | None, only_wrong: bool):
-        """A run's headline, summary table, chart data, sample note, sample table and (cleared) detail."""
+        """A run's headline, summary table, chart (HTML bars), sample note, sample table and (cleared) detail."""
         if not run_id:
-            return "", [], views.empty_chart(), "", [], ""
+            return WELCOME, [], charts.bars_html(None, NO_CHART), "", [], ""
         try:
             run = store().get(run_id)
             summary = views.summary_of(store(), run)
@@ -224,7 +231,7 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
             raise gr.Error(str(e)) from None
         samples = store().samples(run.id)
         return (views.headline(run, len(samples), summary), views.summary_frame(summary),
-                views.chart_frame(run, summary, samples),
+                charts.bars_html(views.chart_frame(run, summary, samples), "No samples yet."),
                 views.samples_note(samples, only_wrong), views.sample_frame(samples, only_wrong), "")
 
     def filter_samples(run_id: str | None, only_wrong: bool):
@@ -244,11 +251,36 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         return gr.Dropdown(value=(evt.row_value or [None])[0])
 
     def history() -> pd.DataFrame:
-        """Every run, newest first: id, benchmark, mode, shots, model, quant, status, done, score, start."""
         try:
             return views.history_frame(store())
         except LabError as e:
             raise gr.Error(str(e)) from None
+
+    def fill_form(run_id: str | None):
+        """The form set to the run's settings (benchmark, subset, mode, shots, limit, seed), to run it again."""
+        try:
+            run = store().get(run_id) if run_id else None
+        except LabError:
+            run = None
+        if run is None:
+            return (gr.skip(),) * 6
+        f, spec = views.form_of(run), load_spec(run.benchmark)
+        kind = kind_of(spec)
+        return (gr.Dropdown(value=f["benchmark"]), gr.Dropdown(choices=views.subset_choices(run.benchmark),
+                                                              value=f["subset"]),
+                gr.Dropdown(choices=list(kind.MODES), value=f["mode"], info=kind.MODE_HELP),
+                gr.Slider(value=f["shots"], interactive=kind.TAKES_SHOTS), f["limit"], f["seed"])
+
+    def first_view(shown_id: str | None):
+        if shown_id:
+            return gr.skip()
+        try:
+            return next((r.id for r in store().runs(limit=50) if r.status == "finished"), None) or gr.skip()
+        except LabError:
+            return gr.skip()
+
+    def trend_now(benchmark: str):
+        return trend(store, benchmark)
 
     def run_lists():
         try:
@@ -282,23 +314,34 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     # ---- events -----------------------------------------------------------------------------
     # Start and Resume end alike: show the run, then refresh the history and the lists of runs.
+    for button in (start_btn, resume_btn):  # the history counts the run up while it goes
+        button.click(lambda: gr.Timer(active=True), None, hist.timer, queue=False, api_visibility="private")
     for ran in (start_btn.click(evaluate, form, run_outputs, api_name="evaluate", concurrency_id="model"),
                 resume_btn.click(resume, run_dd, run_outputs, api_name="eval_resume", concurrency_id="model")):
+        ran.then(lambda: gr.Timer(active=False), None, hist.timer, api_visibility="private")
         ran.success(show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
         ran.then(history, None, runs_df, api_visibility="private").then(
-            run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+            run_lists, None, [run_dd, run_a, run_b], api_visibility="private").then(
+            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private")
     cancel_btn.click(cancel, None, None, queue=False, api_name="eval_cancel")
 
-    run_dd.input(show_run, [run_dd, wrong_only], view_outputs, api_name="eval_run")
+    run_dd.input(show_run, [run_dd, wrong_only], view_outputs, api_name="eval_run").then(
+        fill_form, run_dd, form, api_visibility="private")
     runs_df.select(pick_run, None, run_dd, api_visibility="private").then(
-        show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
+        show_run, [run_dd, wrong_only], view_outputs, api_visibility="private").then(
+        fill_form, run_dd, form, api_visibility="private")
     wrong_only.change(filter_samples, [run_dd, wrong_only], [samples_note, samples_df], api_visibility="private")
     samples_df.select(sample_detail, run_dd, sample_box, api_visibility="private")
-    refresh_btn.click(history, None, runs_df, api_name="eval_runs").then(
-        run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+    wire(hist, store, refresh_btn, rename_btn, delete_btn, run_dd, run_lists, [run_a, run_b])
     compare_btn.click(compare, [run_a, run_b], [compare_md, compare_df, flips_df], api_name="eval_compare")
-    benchmark.change(on_benchmark, benchmark, [subset, mode, shots], api_visibility="private")
+    # .input, not .change: a run picked sets the benchmark too, and must keep its own subset, mode and shots
+    benchmark.input(on_benchmark, benchmark, [subset, mode, shots], api_visibility="private")
     if tab is not None:  # opening the tab shows the model now loaded and the runs made meanwhile
         tab.select(lambda: (model_markdown(), history()), None, [model_md, runs_df], api_visibility="private").then(
-            run_lists, None, [run_dd, run_a, run_b], api_visibility="private")
+            run_lists, None, [run_dd, run_a, run_b], api_visibility="private").then(
+            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private")
+        # the first view: the newest finished run, not empty tables (a run picked already stays). It leaves the
+        # form alone: it lands after the tab opens, over whatever the user has begun to set (picking a run fills it)
+        tab.select(first_view, run_dd, run_dd, api_visibility="private").then(
+            show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
     start_btn.click(model_markdown, None, model_md, queue=False, api_visibility="private")

@@ -26,7 +26,8 @@ from lab.eval.store import Run, RunStore, Sample
 
 NO_SUBSET = "none"
 MAX_SAMPLE_ROWS = 2000  # a whole benchmark can hold 14,042 samples; the page shows this many, the CLI exports all
-HISTORY_HEADERS = ["run", "benchmark", "mode", "shots", "model", "quant", "status", "done", "score %", "started"]
+HISTORY_HEADERS = ["run", "name", "benchmark", "mode", "shots", "model", "quant", "status", "done", "score %",
+                   "started"]
 SAMPLE_HEADERS = ["key", "subject", "prompt", "output", "answer", "gold", "correct"]
 CHOICE_SUMMARY_HEADERS = ["group", "n", "micro %", "macro %"]
 CODE_SUMMARY_HEADERS = ["metric", "value"]
@@ -63,12 +64,23 @@ def progress_html(text: str, fraction: float | None = None, tone: str = "run") -
     return f'<div class="eval-progress-box">{bar}<div class="eval-progress-text">{html.escape(text)}</div></div>'
 
 
-def running_text(p: Progress | None, benchmark: str, elapsed_s: float) -> str:
+def running_text(p: Progress | None, benchmark: str, elapsed_s: float, left_s: float | None = None) -> str:
     if p is None:
         return f"{benchmark}: loading the data and running the first batch… {elapsed_s:.0f} s"
     what = f"running {kind_of(load_spec(benchmark)).RATE}"
     acc = "—" if p.accuracy is None else f"{100 * p.accuracy:.1f}%"
-    return f"{p.run_id}: {p.done}/{p.total} done · {what} {acc} · {elapsed_s:.0f} s"
+    left = "" if left_s is None else f" · about {duration(left_s)} left"
+    return f"{p.run_id}: {p.done}/{p.total} done · {what} {acc} · {elapsed_s:.0f} s{left}"
+
+
+def time_left(done_now: int, done_at_start: int, total: int, seconds: float) -> float | None:
+    """Seconds left at the pace since this process took the run up (a resumed run's old samples do not count)."""
+    new = done_now - done_at_start
+    return None if new <= 0 or seconds <= 0 else (total - done_now) * seconds / new
+
+
+def duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
 def result_text(run: Run, summary: dict, done: int, elapsed_s: float | None = None) -> tuple[str, str]:
@@ -104,7 +116,8 @@ def headline(run: Run, done: int, summary: dict) -> str:
     if run.shots is not None:
         what += f" · {run.shots}-shot"
     what = report.escape(what, keep="")
-    return (f"### {run.id}\n{what} · {shown(run.model)} ({shown(run.quant) or '—'}) · seed {run.seed}  \n"
+    title = f"{shown(run.name)} · `{run.id}`" if run.name else run.id
+    return (f"### {title}\n{what} · {shown(run.model)} ({shown(run.quant) or '—'}) · seed {run.seed}  \n"
             f"{run.state} {done}/{run.n_total} · started {started(run)}\n\n**{score_text(summary)}**\n\n"
             f"<small>{summary.get('averages', '')}</small>")
 
@@ -211,18 +224,31 @@ def sample_text(s: Sample) -> str:
 
 # ---- the history ------------------------------------------------------------------------------
 def history_frame(store: RunStore) -> pd.DataFrame:
+    """Every run, newest first; a running one with its time left, estimated from its pace so far."""
     rows = []
     for r in store.runs():
         done = r.n_total if r.status == "finished" else len(store.done_keys(r.id))
         o = (r.summary or {}).get("overall", {})
-        rows.append([r.id, shown(r.benchmark + (f"/{r.subset}" if r.subset else "")), shown(r.mode),
-                     "" if r.shots is None else r.shots, shown(r.model), shown(r.quant), r.state, f"{done}/{r.n_total}",
+        state = r.state
+        if state == "running":
+            left = time_left(done, 0, r.n_total, time.time() - r.started_at)
+            state = f"running · {'about ' + duration(left) + ' left' if left is not None else 'first batch'}"
+        rows.append([r.id, shown(r.name), shown(r.benchmark + (f"/{r.subset}" if r.subset else "")), shown(r.mode),
+                     "" if r.shots is None else r.shots, shown(r.model), shown(r.quant), state, f"{done}/{r.n_total}",
                      report.pct(o.get("pass@1", o.get("accuracy"))), started(r)])
     return pd.DataFrame(rows, columns=HISTORY_HEADERS)
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
-    return [(f"{r.id} · {shown(r.model)} · {r.state}", r.id) for r in store.runs()]
+    return [(f"{shown(r.name) + ' · ' if r.name else ''}{r.id} · {shown(r.model)} {shown(r.quant)}"
+             f"{'' if r.shots is None else f' · {r.shots}-shot'} · {r.state}", r.id) for r in store.runs()]
+
+
+def form_of(run: Run) -> dict:
+    """The form's values that would start this run again: benchmark, subset, mode, shots, limit, seed."""
+    req = run.params.get("request", {})
+    return {"benchmark": run.benchmark, "subset": run.subset or NO_SUBSET, "mode": run.mode,
+            "shots": run.shots if run.shots is not None else 0, "limit": req.get("limit") or 0, "seed": run.seed}
 
 
 # ---- two runs ---------------------------------------------------------------------------------

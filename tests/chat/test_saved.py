@@ -116,7 +116,8 @@ def test_export_import_round_trip_keeps_versions_ratings_tools_and_title():
     text = export_json(export_conversation(conv, "Be brief.", PARAMS, None))
     back, system = parse_import(text)
     assert system == "Be brief." and back.messages == conv.messages and back.title == "Named"
-    assert back.versions[1] == json.loads(json.dumps(conv.all_versions(1))) and back.shown == {1: 1} and back.stats[1]["rating"] == "up"
+    assert back.versions[1] == json.loads(json.dumps(conv.all_versions(1)))
+    assert back.shown == {1: 1} and back.stats[1]["rating"] == "up"
     assert title_of(Conversation([{"role": "user", "content": "x " * 100}]))[-1] == "…"
 
 

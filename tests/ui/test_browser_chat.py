@@ -67,9 +67,12 @@ def test_preset_fills_the_system_prompt_and_editing_marks_it_custom(page):
 
 
 def wait_for_reply_done(page, replies: int) -> None:
+    """The reply's stats are in and Send is back (the page holds Enter in the box while it shows "Replying…",
+    which lasts until the conversation is saved after the reply)."""
     page.wait_for_function(
         f"() => document.querySelectorAll('#chatbot [data-testid=bot]').length === {replies}"
-        " && document.querySelector('#reply-stats').innerText.includes('context')")
+        " && document.querySelector('#reply-stats').innerText.includes('context')"
+        " && document.querySelector('#send-btn').disabled === false")
 
 
 def test_markdown_renders_and_editing_a_message_regenerates_from_there(page):

@@ -30,14 +30,27 @@ def page(browser, app_url):
 
 
 def set_max_new(page, pane: int, value: int) -> None:
-    """Open the pane's Sampling accordion and set its max new tokens (again, if the opening accordion ate it)."""
-    page.locator(f"#cmp-variant-{pane}").get_by_text("Sampling").click()
+    """Set a pane's max new tokens (shown on the variant, outside its Sampling panel), again until it holds."""
     for _ in range(50):
         set_number(page, f"cmp-max-new-{pane}", value)
         if page.input_value(f"#cmp-max-new-{pane} input[type=range]") == str(value):
             return
         time.sleep(0.1)
     raise AssertionError(f"max new tokens of pane {pane} did not take {value}")
+
+
+def set_seed(page, pane: int, value: int) -> None:
+    """Open the pane's Sampling panel and set its seed, again until it holds (on a loaded machine the opening
+    panel can put the box's starting value back over the first number typed)."""
+    box = page.locator(f"#cmp-seed-{pane} input[type=number]")
+    if not (box.count() and box.is_visible()):  # the closed panel draws no box
+        page.locator(f"#cmp-variant-{pane}").get_by_text("Sampling").click()
+    for _ in range(50):
+        set_number(page, f"cmp-seed-{pane}", value)
+        time.sleep(0.2)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"the seed of pane {pane} did not take {value}")
 
 
 def out_len(page, pane: int) -> int:
@@ -60,10 +73,15 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     # showed its starting value again by the time Run was pressed (the cause is not found; no server
     # callback writes these sliders). Set last, and checked just before Run.
     for pane in (0, 1):
-        set_max_new(page, pane, 240)  # long enough to watch both panes grow (opens the pane's Sampling)
-    set_number(page, "cmp-seed-0", 42)
-    for pane in (0, 1):
+        set_max_new(page, pane, 240)  # long enough to watch both panes grow
+    for _ in range(2):  # each variant's own seed (a row of the engine's batch keeps its own); again if one slipped
+        for pane, seed in ((0, 42), (1, 7)):
+            box = page.locator(f"#cmp-seed-{pane} input[type=number]")
+            if not (box.count() and box.is_visible() and box.input_value() == str(seed)):
+                set_seed(page, pane, seed)
+    for pane, seed in ((0, 42), (1, 7)):
         assert page.input_value(f"#cmp-max-new-{pane} input[type=number]") == "240"
+        assert page.input_value(f"#cmp-seed-{pane} input[type=number]") == str(seed)
     page.click("#cmp-run")
 
     # Both panes hold partial text while the one batched generation is still running.
@@ -85,9 +103,10 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     assert sorted(name for label in revealed for name in ("A", "terse") if f"({name})" in label) == ["A", "terse"]
     assert "your pick" in revealed[1] and "your pick" not in revealed[0]
     winner = "A" if "(A)" in revealed[1] else "terse"
-    for pane in (0, 1):  # revealed: each pane's tokens, first-token time and speed; pane 1's seed drove the batch
+    for pane in (0, 1):  # revealed: each pane's tokens, first-token time, speed and its own variant's seed
         stats = page.inner_text(f"#cmp-stats-{pane}")
-        assert "prompt" in stats and "first token" in stats and "tok/s" in stats and "seed 42" in stats
+        seed = 42 if "(A)" in revealed[pane] else 7
+        assert "prompt" in stats and "first token" in stats and "tok/s" in stats and f"seed {seed} " in stats + " "
         assert 0 < int(stats.split("completion ")[1].split(" tok")[0]) <= 240
 
     rows = votes_in_db()
@@ -96,9 +115,13 @@ def test_two_panes_stream_together_then_a_blind_vote_is_recorded_and_revealed(pa
     assert text == INPUT and win_key.startswith(f"{winner} #") and '"terse"' in variants and len(outputs) > 2
     assert (["A", "terse"][win_index]) == winner
 
-    page.wait_for_function("() => document.querySelector('#cmp-tally').innerText.includes('terse #')")
+    page.wait_for_function("() => document.querySelector('#cmp-board-variants').innerText.includes('terse #')")
+    board = page.inner_text("#cmp-board-variants")
+    assert "A #" in board and "95% interval" in board
+    page.locator("#cmp-tally-box").get_by_text("Raw tally").click()
+    page.wait_for_function("() => document.querySelector('#cmp-tally')?.innerText.includes('terse #')")
     tally = page.inner_text("#cmp-tally")
-    assert "A #" in tally and "wins" in tally
+    assert "A #" in tally and "first won" in tally and "both bad" in tally
     page.click("#cmp-diff-btn")
     page.wait_for_function("() => document.querySelector('#cmp-diff del, #cmp-diff ins') !== null")
     page.locator("#cmp-pane-0").scroll_into_view_if_needed()

@@ -60,7 +60,7 @@ def test_run_a_benchmark_see_the_results_and_filter_the_wrong_answers(page):
     page.wait_for_function("() => document.querySelector('#eval-headline').innerText.includes('finished 10/10')")
     assert cell(page, "eval-summary", 0, 0) == "overall" and cell(page, "eval-summary", 0, 1) == "10"
     assert "macro" in page.inner_text("#eval-headline")
-    page.wait_for_function("() => document.querySelector('#eval-chart [aria-roledescription=bar]') !== null")
+    page.wait_for_function("() => document.querySelector('#eval-chart .eval-bar') !== null")
     page.wait_for_function("() => document.querySelector('#eval-samples [role=grid]')"
                            ".getAttribute('aria-rowcount') === '11'")
     wrong = sum(cell(page, "eval-samples", r, 6) == "✗" for r in range(10))
@@ -115,7 +115,7 @@ def test_cancel_then_resume_from_the_history(page):
     page.wait_for_function("() => document.querySelector('#eval-progress').innerText.includes('Cancelled')")
     assert "resume it from the history" in page.inner_text("#eval-progress")
     page.wait_for_function("() => document.querySelector('#eval-headline').innerText.includes('cancelled 8/16')")
-    page.wait_for_function("() => document.querySelector('#eval-runs [data-testid=\"cell-0-6\"]')"
+    page.wait_for_function("() => document.querySelector('#eval-runs [data-testid=\"cell-0-7\"]')"
                            ".innerText.trim() === 'cancelled'")
 
     page.click("#eval-resume")

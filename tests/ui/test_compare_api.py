@@ -30,7 +30,7 @@ def test_compare_with_three_variants_returns_three_outputs(client, tiny):
     partials = job.outputs()
     assert partials[-1] == outputs
     assert all(len(p) == 3 and all(o.startswith(t) for o, t in zip(outputs, p)) for p in partials), "streamed growing"
-    # The same batch in this process gives the same texts (the first seed given seeds the whole batch).
+    # The same variants in this process give the same texts (the sampled pane runs on its own seed, 4).
     for panes in run_variants(tiny, "Why is the sky blue? 天为什么是蓝的？", parse_variants(THREE)):
         pass
     assert [p.text for p in panes] == outputs

@@ -39,12 +39,12 @@ def test_evaluate_returns_the_run_id_and_the_finished_summary(client):
     history = rows(client.predict(api_name="/eval_runs"))
     mine = next(r for r in history if r[0] == run_id)
     score = report.pct(summary["overall"]["accuracy"])
-    assert mine[1:4] == ["mmlu", "logprob", 0] and mine[6:9] == ["finished", "8/8", score]
+    assert mine[2:5] == ["mmlu", "logprob", 0] and mine[7:10] == ["finished", "8/8", score]
 
     headline, table, chart, note, samples, detail = client.predict(run_id, False, api_name="/eval_run")
     assert run_id in headline and "micro" in headline and detail == ""
     assert rows(table)[0][:2] == ["overall", 8]
-    assert len(rows(samples)) == 8 and len(chart["data"]) == len(summary["subjects"])
+    assert len(rows(samples)) == 8 and chart.count('class="eval-bar"') == len(summary["subjects"])
     wrong = sum(r[6] == "✗" for r in rows(samples))
     assert wrong == 8 - summary["overall"]["correct"]
     _, _, _, _, only_wrong, _ = client.predict(run_id, True, api_name="/eval_run")
@@ -72,7 +72,7 @@ def test_cancel_keeps_the_finished_batches_and_resume_completes_the_run(client):
     run_id, summary, progress = job.result()
     assert "Cancelled — resume it from the history" in progress and summary["overall"]["n"] == 8
     assert RunStore.open().get(run_id).status == "cancelled"
-    assert next(r for r in rows(client.predict(api_name="/eval_runs")) if r[0] == run_id)[6:8] == ["cancelled", "8/16"]
+    assert next(r for r in rows(client.predict(api_name="/eval_runs")) if r[0] == run_id)[7:9] == ["cancelled", "8/16"]
 
     resumed_id, summary, progress = client.predict(run_id, api_name="/eval_resume")
     assert resumed_id == run_id and summary["overall"]["n"] == 16 and "Finished" in progress
