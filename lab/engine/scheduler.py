@@ -390,7 +390,8 @@ class Scheduler:
             self.path.release(d)
             self.dec, self.rows = big, [solo] + [None] * (big.batch - 1)
             return True
-        return None in self.rows and req.need <= d.max_len  # a longer one waits for the batch to drain
+        # a longer one waits for the batch to drain; a batch built before max_rows was lowered fills only to it
+        return None in self.rows and self.active < self.max_rows and req.need <= d.max_len
 
     def _advance(self) -> None:
         b, prompt = self.prompt
