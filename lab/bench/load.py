@@ -1,5 +1,6 @@
-"""Many clients at once against `lab.serve`: streams driven through the `openai` SDK from threads, each case side
-by side with its one-at-a-time baseline measured in the same run.
+"""Many clients at once against `lab.serve`: streams driven through the `openai` SDK from client processes (as
+real clients are: their parsing never competes with the server's decode loop for the GIL), each case side by side
+with its one-at-a-time baseline measured in the same run.
 
     # anywhere (a CPU, tiny-random): 8 concurrent /v1/chat/completions streams against the same 8 one after another
     python -m lab.bench load --shape tiny
@@ -23,11 +24,11 @@ import json
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab import runtime
 from lab.bench.chat import prompt_of_length, shape_checkpoint
+from lab.bench.clients import Clients, many, solo
 from lab.bench.fast import row, to_markdown
 from lab.models import load_model
 
@@ -53,45 +54,6 @@ def serve(model):
     return f"http://127.0.0.1:{port}/v1", server
 
 
-class Api:
-    """The openai SDK's client for the server and the model name it serves."""
-
-    def __init__(self, url: str, name: str) -> None:
-        import openai
-
-        self.client, self.name = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600), name
-
-
-def one_stream(api: Api, messages: list[dict], new_tokens: int, seed: int) -> dict:
-    t0 = time.perf_counter()
-    first = last = None
-    tokens = 0
-    for c in api.client.chat.completions.create(model=api.name, messages=messages, max_tokens=new_tokens, seed=seed,
-                                            stream=True, stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True}):
-        now = time.perf_counter()
-        if c.choices and c.choices[0].delta.content:
-            first = first or now
-            last = now
-        if c.usage is not None:
-            tokens = c.usage.completion_tokens
-    assert tokens == new_tokens, (tokens, new_tokens)
-    return {"ttft": first - t0, "tok_s": (tokens - 1) / (last - first) if last > first else None, "tokens": tokens,
-            "start": t0, "end": time.perf_counter()}
-
-
-def many(client, messages, new_tokens: int, n: int, stagger: float = 0.0, seed: int = 0) -> tuple[float, list[dict]]:
-    """n streams at once (each started `stagger` s after the one before); wall time and each stream's numbers."""
-    def go(i: int) -> dict:
-        time.sleep(i * stagger)
-        return one_stream(client, messages, new_tokens, seed + i)
-
-    t = time.perf_counter()
-    with ThreadPoolExecutor(n) as pool:
-        out = list(pool.map(go, range(n)))
-    return time.perf_counter() - t, out
-
-
 def p95(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
@@ -106,7 +68,7 @@ def mmlu_alongside(model, client, messages, new_tokens: int, data_dir: str | Non
     items = Runner(RunStore.open(Path("/tmp/lab-bench-runs"))).plan(EvalRequest("mmlu", shots=5,
                                                                                 data_dir=data_dir)).items
     prompts = [it.prompt for it in items]
-    alone = one_stream(client, messages, new_tokens, 0)["tok_s"]
+    alone = solo(client, messages, new_tokens, 0)["tok_s"]
     stop, scored = threading.Event(), [0]
 
     def score() -> None:
@@ -119,7 +81,7 @@ def mmlu_alongside(model, client, messages, new_tokens: int, data_dir: str | Non
     worker = threading.Thread(target=score, daemon=True)
     worker.start()
     time.sleep(2.0)  # the run is under way
-    during = one_stream(client, messages, new_tokens, 1)["tok_s"]
+    during = solo(client, messages, new_tokens, 1)["tok_s"]
     stop.set()
     worker.join()
     return alone, during, scored[0]
@@ -141,18 +103,18 @@ def run(args) -> int:
         model = load_model(str(path), quant=quant)
         print(f"loaded {model.info.summary()}; scheduler: {model.engine_off_reason or 'on'}", flush=True)
         url, server = serve(model)
-        client = Api(url, model.info.name)
+        client = Clients(url, model.info.name, max(8, args.streams, 32 if "32" in cases else 0))
         messages = prompt_of_length(model, args.prompt_tokens)
         new, where = args.new_tokens, f"{args.shape} {quant}, {args.prompt_tokens}-token prompt, {args.new_tokens} new"
         model.set_scheduling(max_rows=max(8, args.streams))
         many(client, messages, 8, max(8, args.streams))  # warm-up: the batched decoder built (and compiled)
-        one_stream(client, messages, 8, 0)
-        alone = statistics.median(one_stream(client, messages, new, k)["tok_s"] for k in range(args.repeats))
+        solo(client, messages, 8, 0)
+        alone = statistics.median(solo(client, messages, new, k)["tok_s"] for k in range(args.repeats))
         if "alone" in cases:
             add(row(f"one stream alone ({where})", None, round(alone, 1), "—", None, "tok/s"))
         if "seq" in cases:
             n = args.streams
-            t_seq = sum(_timed(one_stream, client, messages, new, k) for k in range(n))
+            t_seq = sum(many(client, messages, new, 1, seed=k)[0] for k in range(n))
             t_con, _ = many(client, messages, new, n)
             add(row(f"{n} concurrent /v1/chat/completions streams vs one after another: total time ({where})",
                     round(t_seq, 2), round(t_con, 2), ">= 3x", t_seq / t_con >= 3, "s",
@@ -184,6 +146,7 @@ def run(args) -> int:
             a, during, scored = mmlu_alongside(model, client, messages, new, args.data_dir)
             add(row(f"a chat stream's tok/s while MMLU is scored ({where})", round(a, 1), round(during, 1),
                     ">= 50% of alone", during / a >= 0.5, "tok/s", f"{scored} questions scored meanwhile"))
+        client.close()
         server.should_exit = True
         model.close()
         runtime.release_gpu_memory()
@@ -195,9 +158,3 @@ def run(args) -> int:
         (out / f"load-{args.shape}.md").write_text(text)
         (out / f"load-{args.shape}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
-
-
-def _timed(fn, *a) -> float:
-    t = time.perf_counter()
-    fn(*a)
-    return time.perf_counter() - t

@@ -273,6 +273,8 @@ def format_stats(stats: dict | ReplyStats) -> str:
     parts = [f"prompt {s['prompt_tokens']:,} tok", f"completion {s['completion_tokens']:,} tok"]
     if s.get("ttft_s") is not None:
         parts.append(f"first token {s['ttft_s'] * 1000:.0f} ms")
+    if (s.get("queued_s") or 0) >= 0.05:  # beside others: the wait for a row, inside the first-token time
+        parts.append(f"{s['queued_s']:.1f} s of it waiting in line")
     if s.get("decode_tokens_per_s") is not None:
         parts.append(f"{s['decode_tokens_per_s']:.1f} tok/s")
     if s.get("gpu_mem_in_use_gib") is not None:

@@ -14,6 +14,7 @@ from lab.models.manager import ModelManager
 from lab.space import gpu
 from lab.ui.chat_reply import Replies
 from lab.ui.chat_tools import call_of
+from lab.ui.common import PAGE_STREAMS
 
 DEFAULTS = SamplingParams()  # Qwen2.5-Instruct's own sampling defaults
 GPU_SECONDS = 120  # ZeroGPU: how long one reply may hold the GPU
@@ -54,7 +55,7 @@ def build_api(manager: ModelManager, replies: Replies, default_system: str) -> N
         for text, _ in api_reply(message, history, system_prompt, values, request):
             yield text
 
-    gr.api(chat, api_name="chat")
+    gr.api(chat, api_name="chat", concurrency_id="chat", concurrency_limit=PAGE_STREAMS)
 
     @gpu(duration=GPU_SECONDS)
     def chat_structured(message: str, history: list[dict] | None = None, system_prompt: str = default_system,
@@ -78,7 +79,7 @@ def build_api(manager: ModelManager, replies: Replies, default_system: str) -> N
         return {"text": text, "content": reply["content"], "json": check, "tool_calls": calls,
                 "problems": stats.pop("tool_problems", []), "stats": stats}
 
-    gr.api(chat_structured, api_name="chat_structured")
+    gr.api(chat_structured, api_name="chat_structured", concurrency_id="chat", concurrency_limit=PAGE_STREAMS)
 
     def model_info_api() -> dict:
         """The loaded model: name, source, quantization, device, context length and weight memory."""

@@ -37,6 +37,10 @@ DROPPED = "⤫ dropped to fit the context: the model did not see this for the la
 FEEDBACK = {"up": "Like", "down": "Dislike"}
 
 
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def max_new_limit(context_length: int) -> int:
     """The max-new-tokens slider's maximum for a model: its context less room for a prompt, in steps of 16."""
     return max(16, (context_length - MIN_PROMPT) // 16 * 16)
@@ -133,6 +137,9 @@ class Replies:
         try:
             with contextlib.closing(model.stream_chat(fitted.messages, params, event, tools=tools)) as stream:
                 for chunk in stream:
+                    if chunk.waiting is not None:  # every row of the running batch is taken: say where it stands
+                        yield text, f"waiting for a free row: {ordinal(chunk.waiting)} in line · Esc stops"
+                        continue
                     text += chunk.text
                     stats = chunk.stats or stats
                     if time.monotonic() - last > STREAM_INTERVAL_S:

@@ -32,7 +32,7 @@ from lab.ui.chat_model import ModelPanel
 from lab.ui.chat_reply import Replies, checked, max_new_limit, show, stats_rows
 from lab.ui.chat_saved import SavedChats
 from lab.ui.chat_tools import build_panels, build_settings, panels
-from lab.ui.common import SessionCancels, notice, whole_number
+from lab.ui.common import PAGE_STREAMS, SessionCancels, notice, whole_number
 
 DEFAULT_PRESET = "Qwen default"
 CUSTOM = "Custom"
@@ -308,7 +308,7 @@ def build_chat_tab(manager: ModelManager, demo: gr.Blocks | None = None) -> None
 
     def reply_event(trigger, fn, inputs, outs=outputs, **kw):
         trigger(busy, None, controls, queue=False, api_visibility="private")
-        event = trigger(fn, inputs, outs, **kw)
+        event = trigger(fn, inputs, outs, concurrency_id="chat", concurrency_limit=PAGE_STREAMS, **kw)
         (event.then(redrawn, conv_state, refresh_outputs[3:], **light)
          .then(saved.autosave, [conv_state, system, saved.browser, saved.search], after_saved, **light)
          .then(idle, None, controls, **light))

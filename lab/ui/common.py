@@ -14,6 +14,7 @@ import contextlib
 import functools
 import inspect
 import math
+import os
 import threading
 from typing import Callable, Iterator
 
@@ -23,6 +24,9 @@ from lab.errors import LabError
 from lab.interface import check_number
 from lab.pump import Pump
 
+# Replies that run at once, from every visitor and /chat caller: each joins the model's running batch
+# (continuous batching); past its rows they wait in its line and hear their place. Below Gradio's 40 threads.
+PAGE_STREAMS = int(os.environ.get("LAB_PAGE_STREAMS", "24"))
 STREAM_INTERVAL_S = 0.05  # at most ~20 page updates a second, however fast tokens come
 
 

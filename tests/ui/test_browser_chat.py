@@ -114,3 +114,37 @@ def test_json_mode_shows_the_parsed_object(page):
     assert "city" in view and "tags" in view, view
     screenshot(page, "chat-json-mode.png")
     page.locator("#json-panel").first.screenshot(path=str(ARTIFACTS / "chat-json-panel.png"))
+
+
+def test_two_pages_chatting_at_once_both_stream(browser, app_url):
+    """Two visitors send at the same moment: both replies grow at the same time (they are rows of one running
+    batch), neither waits for the other to finish."""
+    pages = [open_page(browser, app_url) for _ in range(2)]
+    try:
+        for n, pg in enumerate(pages):
+            set_number(pg, "max-new-tokens", 4000)  # far more than either produces before Stop
+            set_number(pg, "seed", 7 + n)
+            pg.fill("#chat-input textarea", f"Visitor {n}: tell me a long story.")
+        for pg in pages:
+            pg.press("#chat-input textarea", "Enter")
+        for pg in pages:
+            pg.wait_for_function("() => document.querySelector('#send-btn').disabled")
+        lengths = []  # (page 0's reply length, page 1's) at moments when both are still replying
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(lengths) < 6:
+            busy = [pg.evaluate("() => document.querySelector('#send-btn').disabled") for pg in pages]
+            now = [len(reply_text(pg)) for pg in pages]
+            assert all(busy), f"a reply ended before Stop (busy {busy}, lengths {now})"
+            if all(now) and (not lengths or all(a > b for a, b in zip(now, lengths[-1]))):
+                lengths.append(now)
+            time.sleep(0.2)
+        assert len(lengths) >= 3, f"the two replies did not grow together: {lengths}"
+        for pg in pages:
+            pg.click("#stop-btn")
+        for pg in pages:
+            pg.wait_for_function("() => document.querySelector('#reply-stats').innerText.includes('stopped')",
+                                 timeout=20_000)
+            assert "seed" in pg.inner_text("#reply-stats")
+    finally:
+        for pg in pages:
+            pg.close()

@@ -143,6 +143,7 @@ def test_send_is_disabled_and_stop_active_only_while_streaming_and_esc_stops(pag
     send(page, "a long story please")
     page.wait_for_function("() => document.querySelector('#send-btn').disabled")
     assert page.locator("#stop-btn").is_enabled() and page.inner_text("#send-btn") == "Replying…"
+    page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''")  # it went out
     page.fill("#chat-input textarea", "typed while it streams")
     page.press("#chat-input textarea", "Enter")  # held while Send is off; the text waits in the box, and says so
     assert "still coming" in page.inner_text("#chat-dock .busy-hint")
@@ -169,7 +170,12 @@ def test_saved_chats_survive_a_reload_and_are_listed_renamed_searched_deleted(pa
         page.click("#chats-toggle")
     assert "Dumplings: how are they made?" in page.inner_text("#chat-list")
     page.get_by_text("This chat").click()
-    page.fill("#chat-title textarea", "Cooking")
+    page.wait_for_selector("#chat-title textarea", state="visible")
+    for _ in range(10):  # the panel's box is drawn as it opens, and may take its value a moment after
+        page.fill("#chat-title textarea", "Cooking")
+        time.sleep(0.3)
+        if page.input_value("#chat-title textarea") == "Cooking":
+            break
     page.click("#rename-btn")
     time.sleep(1)
     assert page.inner_text("#chat-list-note") == "", page.inner_text("#chat-list-note")
