@@ -52,6 +52,15 @@ def qwen_tokenizer(data_dir):
     return AutoTokenizer.from_pretrained(data_dir / "qwen2.5-tokenizer")
 
 
+def wait_scheduler_idle(model, timeout: float = 60) -> None:
+    """Until the model's scheduler has no reply left (one an earlier test's client left is freed within a step,
+    but its consumer may notice a moment later): tests that count steps or rows start from an empty batch."""
+    sched, deadline = model.scheduler, time.monotonic() + timeout
+    while sched is not None and sched.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sched is None or not sched.running, "the scheduler still has replies from an earlier test"
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """tiny-random, loaded once for the whole session (the real Qwen2.5 tokenizer when LAB_DATA_DIR has it)."""

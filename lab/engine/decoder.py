@@ -86,7 +86,8 @@ class StaticDecoder:
         # the weights' reads at batch 1; at large batches the matmuls dominate and it is not worth its time.
         # LLM.int8's products are bitsandbytes' own operators, which the compiler would only wrap.
         if compile is None:
-            compile = on_gpu and batch <= 8 and not is_int8(model) and os.environ.get("LAB_COMPILE", "1") != "0"
+            compile = (on_gpu and batch <= int(os.environ.get("LAB_COMPILE_ROWS", "8")) and not is_int8(model)
+                       and os.environ.get("LAB_COMPILE", "1") != "0")
         self.compiled = compile
         self.graph = self.graph_sampled = None
         self._forward, self._sampler = self._step, self._sample

@@ -35,6 +35,16 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty) -> torch.Tensor:
     return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
+def penalize_seen(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """`penalize` (penalty [rows]) on a copy, touching only the seen tokens: what an eager step on a CPU does,
+    where each full-vocabulary pass over the rows costs as much as the tiny model's forward."""
+    out = logits.clone()
+    rows, cols = seen.nonzero(as_tuple=True)
+    vals, pen = out[rows, cols], penalty[rows]
+    out[rows, cols] = torch.where(vals < 0, vals * pen, vals / pen)
+    return out
+
+
 def top_k_top_p(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` likeliest tokens of each row [rows, vocab] — their tempered logits, -inf where a row's own top-k
@@ -182,9 +192,13 @@ def seeded_exponential(seeds: torch.Tensor, at: torch.Tensor, k: int) -> torch.T
 def sample_in_graph(d) -> None:
     """The next token of every row of decoder `d` from its `logits_buf`, into `next` and `ids` (the buffers
     and per-row settings `StaticDecoder.set_sampling` fills)."""
-    logits = penalize(d.logits_buf, d.seen, d.penalty[:, None])
-    eos_cols = logits.index_select(1, d.eos)
-    logits = logits.index_copy(1, d.eos, torch.where(d.block_eos[:, None], NEG, eos_cols))
+    if d.logits_buf.is_cuda:  # inside a captured graph: fixed shapes (the compiler fuses these passes)
+        logits = penalize(d.logits_buf, d.seen, d.penalty[:, None])
+        eos_cols = logits.index_select(1, d.eos)
+        logits = logits.index_copy(1, d.eos, torch.where(d.block_eos[:, None], NEG, eos_cols))
+    else:  # eager on a CPU: the same numbers with one pass over the vocabulary instead of six
+        logits = penalize_seen(d.logits_buf, d.seen, d.penalty)
+        logits[:, d.eos] = torch.where(d.block_eos[:, None], NEG, logits[:, d.eos])
     values, index = top_k_top_p(logits, d.temperature.clamp(min=1e-6), d.top_k, d.top_p, TOP_K_MAX)
     probs = values.softmax(dim=-1)
     pick = (probs / seeded_exponential(d.seeds, d.cur - d.pad, TOP_K_MAX)).argmax(dim=-1, keepdim=True)

@@ -162,17 +162,25 @@ class Scheduler:
     # ---- the consumer's side --------------------------------------------------------------------------
     def submit(self, prompt: Sequence[int], params: SamplingParams, seed: int, constraint=None,
                stop_all: threading.Event | None = None, out: queue.Queue | None = None, tag: int = 0) -> Request:
-        req = Request(list(prompt), params, seed, constraint, stop_all=stop_all or threading.Event(),
-                      out=out if out is not None else queue.Queue(), tag=tag)
+        return self.submit_all([(prompt, params, seed, constraint)], stop_all, out, tags=[tag])[0]
+
+    def submit_all(self, rows: Sequence[tuple], stop_all: threading.Event | None = None,
+                   out: queue.Queue | None = None, tags: Sequence[int] | None = None) -> list[Request]:
+        """Several rows of one caller, each (prompt, params, seed, constraint), into the line together: an idle
+        model starts them in one prefill, and they are refused whole (Busy) when the queue has no room for all."""
+        stop_all = stop_all or threading.Event()
+        out = out if out is not None else queue.Queue()
+        reqs = [Request(list(prompt), params, seed, constraint, stop_all=stop_all, out=out, tag=tag)
+                for (prompt, params, seed, constraint), tag in zip(rows, tags or range(len(rows)))]
         with self.mutex:
-            if len(self.waiting) >= self.max_waiting:
+            if len(self.waiting) + len(reqs) > self.max_waiting:
                 raise Busy(f"The model is busy: its queue is full ({len(self.waiting)} waiting for a row); "
                            "try again in a moment.")
-            self.waiting.append(req)
+            self.waiting.extend(reqs)
             if not self.running:
                 self.running = True
                 self.executor.submit(self._run)
-        return req
+        return reqs
 
     @property
     def active(self) -> int:
@@ -239,11 +247,11 @@ class Scheduler:
             for b, r in live:
                 if r.sampler is not None:
                     self._host_sample(d, b, r)
-            step = self._ship(live)
+            self._ship(live)
             d.logits_buf.copy_(d.step())
         else:
             d.sample_step()
-            step = self._ship(live)
+            self._ship(live)
         self.steps += 1
         for _, r in live:
             r.fresh = False

@@ -129,3 +129,16 @@ def test_graph_sampler_draws_depend_on_a_rows_seed_and_length_only():
         sampling.sample_in_graph(a)
         draws.add(a.next.item())
     assert len(draws) > 5
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.05, 1.3, 0.8])
+def test_the_cpu_penalty_touching_seen_tokens_only_equals_the_graphs_full_pass(penalty):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 1000, generator=g) * 4
+    seen = torch.rand(5, 1000, generator=g) < 0.05
+    seen[2] = False  # a row that has seen nothing
+    pen = torch.tensor([penalty, 1.0, penalty, 2.0, penalty])
+    assert torch.equal(sampling.penalize_seen(logits, seen, pen), sampling.penalize(logits, seen, pen[:, None]))
+    before = logits.clone()
+    sampling.penalize_seen(logits, seen, pen)
+    assert torch.equal(logits, before)  # the logits buffer is left as it was

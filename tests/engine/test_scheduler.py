@@ -13,6 +13,7 @@ import pytest
 
 from lab.engine.scheduler import Busy
 from lab.interface import SamplingParams
+from tests.conftest import wait_scheduler_idle
 
 
 def chat(text: str) -> list[dict]:
@@ -47,6 +48,7 @@ def together(model, jobs: list[tuple[str, SamplingParams]], stagger: float = 0.0
 def model(tiny):
     assert tiny.scheduler is not None, tiny.engine_off_reason
     tiny.set_scheduling(max_rows=8, queue_limit=64)
+    wait_scheduler_idle(tiny)
     yield tiny
     tiny.set_scheduling(max_rows=8, queue_limit=64)
 
@@ -160,9 +162,9 @@ def test_a_consumer_that_leaves_frees_its_row(model):
 
 
 def test_past_the_rows_requests_wait_in_line_and_past_the_limit_are_refused(model):
-    model.set_scheduling(max_rows=2, queue_limit=1)
+    model.set_scheduling(max_rows=2)
     sched = model.scheduler
-    long = SamplingParams(temperature=0.7, max_new_tokens=300, seed=1, ignore_eos=True)
+    long = SamplingParams(temperature=0.7, max_new_tokens=3000, seed=1, ignore_eos=True)  # ended by `cancel`
     cancel = threading.Event()
     running = [threading.Thread(target=reply, args=(model, f"row {i}", long, cancel)) for i in range(2)]
     for t in running:
@@ -170,6 +172,8 @@ def test_past_the_rows_requests_wait_in_line_and_past_the_limit_are_refused(mode
     deadline = time.monotonic() + 30
     while sched.active < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert sched.active == 2, "the two long replies did not start"
+    model.set_scheduling(queue_limit=1)  # only now: the two arriving at once may both wait in line a moment
     waits = []
     third = model.stream_chat(chat("third"), SamplingParams(temperature=0, max_new_tokens=4), cancel)
     first = next(third)

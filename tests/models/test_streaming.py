@@ -9,6 +9,7 @@ import pytest
 
 from lab.errors import LabError
 from lab.interface import ChatModel, SamplingParams
+from tests.conftest import wait_scheduler_idle
 
 
 def chat(text: str, system: str = "Be brief.") -> list[dict]:
@@ -35,6 +36,7 @@ def test_rows_decode_together_and_stream_interleaved(tiny):
     params = [SamplingParams(temperature=0.8, max_new_tokens=24, seed=3),
               SamplingParams(temperature=0, max_new_tokens=24),
               SamplingParams(temperature=1.2, top_k=0, top_p=0.9, max_new_tokens=24)]
+    wait_scheduler_idle(tiny)
     steps = tiny.scheduler.steps
     texts, stats, order = collect(tiny.stream_many(prompts, params), 3)
     made = max(s.completion_tokens for s in stats)

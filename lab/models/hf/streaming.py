@@ -24,7 +24,6 @@ import torch
 from transformers import StoppingCriteriaList
 
 from lab.engine.sampling import generate_kwargs, graphable, sampler_for
-from lab.engine.scheduler import Busy
 from lab.interface import Chunk, ReplyClock, SamplingParams, draw_seed
 from lab.models.hf.decoding import CancelOnEvent, IncrementalDecoder, Steps, StopMatcher, left_pad
 from lab.models.hf.memory import gpu_memory, user_error
@@ -117,14 +116,7 @@ def scheduled(hf, rows: list[list[int]], params: Sequence[SamplingParams], cance
     constraints = list(constraints or [None] * n)
     seeds = [draw_seed(p.seed) for p in params]
     out: queue.Queue = queue.Queue()
-    reqs = []
-    try:
-        for r in range(n):
-            reqs.append(sched.submit(rows[r], params[r], seeds[r], constraints[r], stop_all=cancel, out=out, tag=r))
-    except Busy:
-        for q in reqs:
-            q.cancel.set()
-        raise
+    reqs = sched.submit_all(list(zip(rows, params, seeds, constraints)), stop_all=cancel, out=out)
     decoders = [IncrementalDecoder(hf.tok) for _ in rows]
     stops = [StopMatcher(p.stop) for p in params]
     clocks = [ReplyClock(t0=t0) for _ in rows]
