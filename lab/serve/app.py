@@ -30,13 +30,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from lab.errors import LabError
-from lab.pump import Pump
 from lab.serve import rows
 from lab.serve.replies import (ApiError, ToolCallStream, chat_chunk, chat_logprobs, chat_message, fingerprint,
                                finish_reason, new_id, openai_calls, sse, usage)
 from lab.serve.rows import event_stream as _events
 from lab.serve.rows import failed as _failed
 from lab.serve.rows import next_item as _next
+from lab.serve.rows import pump as _pump
 from lab.serve.rows import whole
 from lab.serve.work import chat_rows, check_completion, complete
 from lab.serve.requests import ChatCompletionBody, CompletionBody, DetokenizeBody, TokenizeBody, api_error
@@ -200,12 +200,12 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
     @app.get("/tokenizer_info", dependencies=auth)
     async def tokenizer_info() -> dict:
         model = tokenizer_of(served(None))
-        return await _next(Pump(lambda put: put(model.tokenizer_info()), name="lab-serve"))
+        return await _next(_pump(lambda put: put(model.tokenizer_info())))
 
     @app.post("/detokenize", dependencies=auth)
     async def detokenize(body: DetokenizeBody) -> dict:
         model = tokenizer_of(served(body.model))
-        return await _next(Pump(lambda put: put({"prompt": model.decode(body.tokens)}), name="lab-serve"))
+        return await _next(_pump(lambda put: put({"prompt": model.decode(body.tokens)})))
 
     @app.post("/tokenize", dependencies=auth)
     async def tokenize(body: TokenizeBody) -> dict:
@@ -219,7 +219,7 @@ def build_api(manager, api_key: str | None = None, login: tuple[str, str] | None
                 out["tokens"] = model.encode(text)
             return out
 
-        return await _next(Pump(lambda put: put(count()), name="lab-serve"))
+        return await _next(_pump(lambda put: put(count())))
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatCompletionBody, request: Request):

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from lab.engine.scheduler import Busy
 from lab.errors import LabError
-from lab.pump import END, TICK, Pump
+from lab.pump import END, Pump
 from lab.serve.replies import ApiError, ToolCallStream, chat_chunk, chat_message, finish_reason, openai_calls, sse, usage
 from lab.serve.work import chat_budget, row_seeds
 
@@ -30,17 +30,19 @@ def busy(e: Busy) -> ApiError:
     return ApiError(429, str(e), type="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
 
 
+def pump(work) -> Pump:
+    """`work(put)` in a thread of its own, its items handed to this event loop (call it in a route)."""
+    return Pump(work, name="lab-serve", loop=asyncio.get_running_loop())
+
+
 async def next_item(pump: Pump):
-    """The work's next item or END, awaited off the event loop; its LabError comes back as a 400 (Busy: 429)."""
-    while True:
-        try:
-            item = await asyncio.to_thread(pump.get, 0.5)
-        except Busy as e:
-            raise busy(e) from None
-        except LabError as e:
-            raise ApiError(400, str(e)) from None
-        if item is not TICK:
-            return item
+    """The work's next item or END; its LabError comes back as a 400 (Busy: 429)."""
+    try:
+        return await pump.aget()
+    except Busy as e:
+        raise busy(e) from None
+    except LabError as e:
+        raise ApiError(400, str(e)) from None
 
 
 @contextlib.asynccontextmanager
@@ -66,9 +68,8 @@ async def cancelled_on_disconnect(request: Request, cancel: threading.Event):
 async def whole(request: Request, work):
     """`work(cancel)` run off the event loop to its end, stopped when the client goes away."""
     cancel = threading.Event()
-    pump = Pump(lambda put: put(work(cancel)), name="lab-serve")
     async with cancelled_on_disconnect(request, cancel):
-        return await next_item(pump)
+        return await next_item(pump(lambda put: put(work(cancel))))
 
 
 def failed(e: BaseException) -> ApiError:
@@ -90,7 +91,7 @@ def _rows_pump(model, prompts: list, params: list, cancel: threading.Event, tool
             for item in model.stream_many(prompts, params, cancel):
                 put(item)
 
-    return Pump(work, name="lab-serve")
+    return pump(work)
 
 
 async def _first(pump: Pump, request: Request, cancel: threading.Event, stream: bool, rows: int):
