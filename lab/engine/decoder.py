@@ -36,7 +36,7 @@ LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()  # decoders that capt
 class StaticDecoder:
     def __init__(self, model, batch: int, max_len: int, eos_ids: Sequence[int] = (), pad_id: int = 0,
                  graphs: bool | None = None, fuse: bool = True, compile: bool | None = None,
-                 prompt_widths: Sequence[int] | None = None) -> None:
+                 prompt_widths: Sequence[int] | None = None, compile_rows: int = 8) -> None:
         self.model, self.pad_id = model, pad_id
         self.heads = Heads.of(model.config)
         self.norm = rms_norm if fuse else module_norm
@@ -86,7 +86,7 @@ class StaticDecoder:
         # the weights' reads at batch 1; at large batches the matmuls dominate and it is not worth its time.
         # LLM.int8's products are bitsandbytes' own operators, which the compiler would only wrap.
         if compile is None:
-            compile = (on_gpu and batch <= int(os.environ.get("LAB_COMPILE_ROWS", "8")) and not is_int8(model)
+            compile = (on_gpu and batch <= compile_rows and not is_int8(model)
                        and os.environ.get("LAB_COMPILE", "1") != "0")
         self.compiled = compile
         self.graph = self.graph_sampled = None

@@ -18,6 +18,8 @@ from lab.ui import eval_charts as charts
 from lab.ui import eval_views as views
 
 REFRESH_S = 2.0  # the history while a run of this page goes: its row's count and time left move
+# Declined, the confirmation throws: the browser then drops the event, so nothing is deleted and nothing is said (a
+# null sent on would read as "no run picked"). No run picked, null goes on and the server says to pick one.
 CONFIRM_JS = "(id) => (id && confirm('Delete run ' + id + ' and all its samples? This cannot be undone.')) ? id : null"
 
 
@@ -68,7 +70,9 @@ def trend(store: Callable, benchmark: str) -> tuple[pd.DataFrame, str]:
 
 
 def wire(h: History, store: Callable, refresh_btn, rename_btn, delete_btn, run_dd, run_lists: Callable,
-         pickers: list) -> None:
+         pickers: list) -> tuple:
+    """The history's events; returns the rename and the delete (each with what follows it), so that the view of the
+    run shown can follow them."""
     def history() -> pd.DataFrame:
         """Every run, newest first: id, name, benchmark, mode, shots, model, quant, status (a running run with its
         time left), done, score, start."""
@@ -112,11 +116,12 @@ def wire(h: History, store: Callable, refresh_btn, rename_btn, delete_btn, run_d
     lists = [run_dd, *pickers]
     refresh_btn.click(history, None, h.table, api_name="eval_runs").then(run_lists, None, lists,
                                                                           api_visibility="private")
-    rename_btn.click(rename, [run_dd, h.name], h.table, api_name="eval_rename").then(
+    renamed = rename_btn.click(rename, [run_dd, h.name], h.table, api_name="eval_rename").then(
         run_lists, None, lists, api_visibility="private")
-    delete_btn.click(delete, run_dd, h.table, js=CONFIRM_JS, api_name="eval_delete").success(
+    deleted = delete_btn.click(delete, run_dd, h.table, js=CONFIRM_JS, api_name="eval_delete").success(
         lambda: (gr.Dropdown(value=None), ""), None, [run_dd, h.name], api_visibility="private").then(
         run_lists, None, lists, api_visibility="private")
     h.timer.tick(history, None, h.table, api_visibility="private", queue=False)
     h.trend_bench.input(show_trend, h.trend_bench, [h.trend, h.trend_note], api_name="eval_trend")
     run_dd.change(name_of, run_dd, h.name, api_visibility="private", queue=False)
+    return renamed, deleted

@@ -332,7 +332,9 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         fill_form, run_dd, form, api_visibility="private")
     wrong_only.change(filter_samples, [run_dd, wrong_only], [samples_note, samples_df], api_visibility="private")
     samples_df.select(sample_detail, run_dd, sample_box, api_visibility="private")
-    wire(hist, store, refresh_btn, rename_btn, delete_btn, run_dd, run_lists, [run_a, run_b])
+    # the run shown follows a rename (its heading names it) and a delete (no longer shown)
+    for named_or_gone in wire(hist, store, refresh_btn, rename_btn, delete_btn, run_dd, run_lists, [run_a, run_b]):
+        named_or_gone.then(show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
     compare_btn.click(compare, [run_a, run_b], [compare_md, compare_df, flips_df], api_name="eval_compare")
     # .input, not .change: a run picked sets the benchmark too, and must keep its own subset, mode and shots
     benchmark.input(on_benchmark, benchmark, [subset, mode, shots], api_visibility="private")
