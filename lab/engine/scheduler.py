@@ -41,7 +41,8 @@ from lab.interface import SamplingParams
 SLACK = 2  # a host-sampled row's token history: room past its max new tokens for the step in flight
 # The decode loop waits on the GPU with the GIL released and must get it back at once, while the threads that
 # stream its tokens (detokenizing, one SSE event per token) hold it in turns: Python's 5 ms switch interval can
-# cost a step of the batch each time. 0.5 ms took 32 streams from 10.2x to 13.5x one stream (H200, lab.serve).
+# cost a step of the batch each time. 0.5 ms took 32 streams from 10.2x to 13.5x one stream (H200, lab.serve);
+# on a CPU, where the step itself runs Python, it gained nothing (tiny-random, 2 cores), so it stays at Python's.
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -163,7 +164,8 @@ class Scheduler:
         self.prompt: tuple[int, slots.PromptPass] | None = None  # (row, its prompt pass in progress)
         self.pending: list[_Step] = []
         self.steps = 0  # decode steps run (tests read it)
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide: whoever serves the model wants it
+        cuda = getattr(getattr(path, "model", None), "device", None)
+        if getattr(cuda, "type", None) == "cuda" and sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide
             sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     # ---- the consumer's side --------------------------------------------------------------------------
