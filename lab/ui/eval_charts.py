@@ -69,6 +69,11 @@ def trend_frame_empty() -> pd.DataFrame:
                          "setting": pd.Series(dtype=str)})
 
 
+def trend_colours(frame: pd.DataFrame) -> dict[str, str]:
+    """A colour for each model · quant of a trend frame, in the order of their names."""
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sorted(frame["model · quant"].unique()))}
+
+
 def setting(run: Run) -> str:
     shots = "" if run.shots is None else f" {run.shots}-shot"
     return f"{run.subset or 'whole'} {run.mode}{shots}"

@@ -20,7 +20,8 @@ from lab.ui import eval_views as views
 REFRESH_S = 2.0  # the history while a run of this page goes: its row's count and time left move
 # Declined, the confirmation throws: the browser then drops the event, so nothing is deleted and nothing is said (a
 # null sent on would read as "no run picked"). No run picked, null goes on and the server says to pick one.
-CONFIRM_JS = "(id) => (id && confirm('Delete run ' + id + ' and all its samples? This cannot be undone.')) ? id : null"
+CONFIRM_JS = ("(id) => { if (id && !confirm('Delete run ' + id + ' and all its samples? This cannot be undone.'))"
+              " throw new Error('not deleted'); return id; }")
 
 
 @dataclass
@@ -55,9 +56,11 @@ def build_history(store: Callable, names: list[str], past: pd.DataFrame) -> tupl
         bench = gr.Dropdown(names, value=names[0], label="Benchmark", elem_id="eval-trend-bench")
         frame, note = trend(store, names[0])
         trend_note = gr.Markdown(note, elem_id="eval-trend-note")
-        plot = gr.LinePlot(frame, x="started", y="score %", color="model · quant", y_lim=[0, 100], height=300,
+        # no height: given one, the plot fits its chart to it as if it had no label, and the block cuts off the
+        # legend that says which line is which model · quant
+        plot = gr.LinePlot(frame, x="started", y="score %", color="model · quant", y_lim=[0, 100],
                            tooltip=["run", "setting", "model · quant", "score %"], label="Accuracy per run",
-                           elem_id="eval-trend")
+                           color_map=charts.trend_colours(frame), elem_id="eval-trend")
     return History(table, name, timer, bench, plot, trend_note), refresh_btn, rename_btn, delete_btn
 
 
@@ -67,6 +70,15 @@ def trend(store: Callable, benchmark: str) -> tuple[pd.DataFrame, str]:
     except LabError as e:
         return charts.trend_frame_empty(), str(e)
     return frame, charts.trend_note(frame, benchmark)
+
+
+def recolour(h: History, store: Callable, event) -> None:
+    """After `event` has updated the trend's data, its colours, in an event of their own. The plot makes its colour
+    scale (a colour per model · quant) only when it draws itself, which a new colour map makes it do; a new value
+    alone only swaps its data, so a series it did not hold when drawn would show with no colour at all (invisible).
+    Sent with the value, the colour map would have it draw itself with the data it had before."""
+    event.then(lambda benchmark: gr.LinePlot(color_map=charts.trend_colours(trend(store, benchmark)[0])),
+               h.trend_bench, h.trend, api_visibility="private")
 
 
 def wire(h: History, store: Callable, refresh_btn, rename_btn, delete_btn, run_dd, run_lists: Callable,
@@ -122,6 +134,6 @@ def wire(h: History, store: Callable, refresh_btn, rename_btn, delete_btn, run_d
         lambda: (gr.Dropdown(value=None), ""), None, [run_dd, h.name], api_visibility="private").then(
         run_lists, None, lists, api_visibility="private")
     h.timer.tick(history, None, h.table, api_visibility="private", queue=False)
-    h.trend_bench.input(show_trend, h.trend_bench, [h.trend, h.trend_note], api_name="eval_trend")
+    recolour(h, store, h.trend_bench.input(show_trend, h.trend_bench, [h.trend, h.trend_note], api_name="eval_trend"))
     run_dd.change(name_of, run_dd, h.name, api_visibility="private", queue=False)
     return renamed, deleted

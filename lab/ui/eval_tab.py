@@ -36,7 +36,7 @@ from lab.models.manager import ModelManager
 from lab.space import cap_limit, eval_notice, gpu, on_space
 from lab.ui import eval_charts as charts
 from lab.ui import eval_views as views
-from lab.ui.eval_history import build_history, trend, wire
+from lab.ui.eval_history import build_history, recolour, trend, wire
 from lab.ui.common import SessionCancels, whole_number, form_number, in_background
 from lab.ui.quant_views import build_quant_section
 
@@ -320,9 +320,9 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
                 resume_btn.click(resume, run_dd, run_outputs, api_name="eval_resume", concurrency_id="model")):
         ran.then(lambda: gr.Timer(active=False), None, hist.timer, api_visibility="private")
         ran.success(show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
-        ran.then(history, None, runs_df, api_visibility="private").then(
+        recolour(hist, store, ran.then(history, None, runs_df, api_visibility="private").then(
             run_lists, None, [run_dd, run_a, run_b], api_visibility="private").then(
-            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private")
+            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private"))
     cancel_btn.click(cancel, None, None, queue=False, api_name="eval_cancel")
 
     run_dd.input(show_run, [run_dd, wrong_only], view_outputs, api_name="eval_run").then(
@@ -332,16 +332,20 @@ def build_eval_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
         fill_form, run_dd, form, api_visibility="private")
     wrong_only.change(filter_samples, [run_dd, wrong_only], [samples_note, samples_df], api_visibility="private")
     samples_df.select(sample_detail, run_dd, sample_box, api_visibility="private")
-    # the run shown follows a rename (its heading names it) and a delete (no longer shown)
-    for named_or_gone in wire(hist, store, refresh_btn, rename_btn, delete_btn, run_dd, run_lists, [run_a, run_b]):
+    # the run shown follows a rename (its heading names it) and a delete (no longer shown), and the trend a delete
+    renamed, deleted = wire(hist, store, refresh_btn, rename_btn, delete_btn, run_dd, run_lists, [run_a, run_b])
+    for named_or_gone in (renamed, deleted):
         named_or_gone.then(show_run, [run_dd, wrong_only], view_outputs, api_visibility="private")
+    recolour(hist, store, deleted.then(trend_now, hist.trend_bench, [hist.trend, hist.trend_note],
+                                       api_visibility="private"))
     compare_btn.click(compare, [run_a, run_b], [compare_md, compare_df, flips_df], api_name="eval_compare")
     # .input, not .change: a run picked sets the benchmark too, and must keep its own subset, mode and shots
     benchmark.input(on_benchmark, benchmark, [subset, mode, shots], api_visibility="private")
     if tab is not None:  # opening the tab shows the model now loaded and the runs made meanwhile
-        tab.select(lambda: (model_markdown(), history()), None, [model_md, runs_df], api_visibility="private").then(
+        recolour(hist, store, tab.select(lambda: (model_markdown(), history()), None, [model_md, runs_df],
+                                         api_visibility="private").then(
             run_lists, None, [run_dd, run_a, run_b], api_visibility="private").then(
-            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private")
+            trend_now, hist.trend_bench, [hist.trend, hist.trend_note], api_visibility="private"))
         # the first view: the newest finished run, not empty tables (a run picked already stays). It leaves the
         # form alone: it lands after the tab opens, over whatever the user has begun to set (picking a run fills it)
         tab.select(first_view, run_dd, run_dd, api_visibility="private").then(
