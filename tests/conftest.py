@@ -160,6 +160,19 @@ def open_page(browser, url: str, tab: str | None = None, ready: str | None = Non
     return pg
 
 
+SIZES = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}  # the pages' two sizes
+
+
+def new_visitor(browser, url: str, size: str):
+    """A page of the app in a fresh browser context (its own storage: a new visitor) at SIZES[size], its chat
+    box drawn. Close its context after."""
+    pg = browser.new_context(viewport=SIZES[size]).new_page()
+    pg.set_default_timeout(30_000)
+    pg.goto(url)
+    pg.wait_for_selector("#chat-input textarea")
+    return pg
+
+
 def set_number(page, elem_id: str, value: int) -> None:
     """Type a number into a Gradio number box and commit it."""
     box = page.locator(f"#{elem_id} input[type=number]")

@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import ARTIFACTS, set_number
+from tests.conftest import ARTIFACTS, SIZES, new_visitor, set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SIZES = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 
 @pytest.fixture(params=list(SIZES))
@@ -25,14 +24,10 @@ def size(request):
 @pytest.fixture
 def page(browser, app_url, size):
     """A fresh browser context (its own localStorage: a new visitor) at the size asked for."""
-    context = browser.new_context(viewport=SIZES[size])
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    pg.goto(app_url)
-    pg.wait_for_selector("#chat-input textarea")
+    pg = new_visitor(browser, app_url, size)
     pg.wait_for_function("() => document.querySelector('#chat-list') !== null")
     yield pg
-    context.close()
+    pg.context.close()
 
 
 def shot(page, name: str, size: str, full: bool = False) -> None:

@@ -13,10 +13,9 @@ import time
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import ARTIFACTS, set_number
+from tests.conftest import ARTIFACTS, SIZES, new_visitor, set_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SIZES = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 # The history's columns: run, name, benchmark, mode, shots, model, quant, status (7), done, score %, started.
 NAME, DONE, SCORE = 1, 8, 9
 
@@ -104,11 +103,7 @@ def size(request):
 
 def open_eval(browser, app_url, size):
     """A new visitor (a fresh browser context) at `size`, with the Evaluate tab open and its history drawn."""
-    context = browser.new_context(viewport=SIZES[size])
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    pg.goto(app_url)
-    pg.wait_for_selector("#chat-input textarea")
+    pg = new_visitor(browser, app_url, size)
     pg.get_by_role("tab", name="Evaluate").click()
     pg.wait_for_selector("#eval-start")
     pg.wait_for_selector("#eval-runs [role=grid]")
