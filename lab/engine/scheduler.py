@@ -164,8 +164,8 @@ class Scheduler:
         self.prompt: tuple[int, slots.PromptPass] | None = None  # (row, its prompt pass in progress)
         self.pending: list[_Step] = []
         self.steps = 0  # decode steps run (tests read it)
-        cuda = getattr(getattr(path, "model", None), "device", None)
-        if getattr(cuda, "type", None) == "cuda" and sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide
+        device = getattr(getattr(path, "model", None), "device", None)
+        if getattr(device, "type", None) == "cuda" and sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide
             sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     # ---- the consumer's side --------------------------------------------------------------------------
