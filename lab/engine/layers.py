@@ -204,8 +204,13 @@ def layer_forward(layer, i: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.
 
 
 def layers_forward(model, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, heads: Heads,
-                   norm=rms_norm, own_products: bool = True) -> torch.Tensor:
-    """Every decoder layer of `model` in turn."""
-    for i, layer in enumerate(model.model.layers):
+                   norm=rms_norm, own_products: bool = True,
+                   between: Callable[[], object] | None = None) -> torch.Tensor:
+    """Every decoder layer of `model` in turn; `between()` after each but the last (a long batch's place to
+    let a waiting chat step run)."""
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
         h = layer_forward(layer, i, h, cos, sin, attend, heads, norm, own_products)
+        if between is not None and i + 1 < len(layers):
+            between()
     return h

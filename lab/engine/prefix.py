@@ -120,8 +120,10 @@ class PrefixScorer:
             self._last = (key, [(layer.keys, layer.values) for layer in cache.layers])
         return self._last[1]
 
-    def next_logprobs(self, prefix_kv, prefix_len: int, suffixes: Sequence[Sequence[int]]) -> torch.Tensor:
-        """[rows, vocab] float32 log-probabilities after prefix + each suffix."""
+    def next_logprobs(self, prefix_kv, prefix_len: int, suffixes: Sequence[Sequence[int]],
+                      between: Callable[[], object] | None = None) -> torch.Tensor:
+        """[rows, vocab] float32 log-probabilities after prefix + each suffix (`between()` after each layer but
+        the last, on the path `suffix_forward` takes)."""
         b, width = len(suffixes), max(map(len, suffixes))
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         for i, s in enumerate(suffixes):
@@ -129,7 +131,7 @@ class PrefixScorer:
         ids = ids.to(self.device)
         last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
         if self.own:
-            hidden = suffix_forward(self.model, prefix_kv, prefix_len, ids, last)
+            hidden = suffix_forward(self.model, prefix_kv, prefix_len, ids, last, between)
         else:
             hidden = self._hf_forward(prefix_kv, prefix_len, suffixes, ids)[torch.arange(b, device=self.device), last]
         return torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
@@ -153,7 +155,8 @@ class PrefixScorer:
         self._last = None
 
 
-def suffix_forward(model, prefix_kv, prefix_len: int, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+def suffix_forward(model, prefix_kv, prefix_len: int, ids: torch.Tensor, last: torch.Tensor,
+                   between: Callable[[], object] | None = None) -> torch.Tensor:
     """Final hidden states at position `last[r]` of each right-padded row of `ids` [rows, width], every
     row continuing the same cached prefix. The same modules and arithmetic as the model's forward, but
     attention to the prefix is computed once for all rows against its single copy of keys and values
@@ -180,7 +183,7 @@ def suffix_forward(model, prefix_kv, prefix_len: int, ids: torch.Tensor, last: t
         o2, lse2 = attention_with_lse(qs, ks, vs, scale, causal=True)
         return _merge(o1, lse1, o2, lse2, heads.group)
 
-    h = layers_forward(model, h, cos, sin, attend, heads, rms_norm, own_products=not eight)
+    h = layers_forward(model, h, cos, sin, attend, heads, rms_norm, own_products=not eight, between=between)
     return rms_norm(inner.norm, h[torch.arange(b, device=ids.device), last])
 
 

@@ -23,6 +23,7 @@ replies are equal (tests/engine/test_scheduler.py).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import sys
@@ -52,15 +53,18 @@ class Busy(LabError):
 
 class FairLock:
     """A lock taken in the order it was asked for, so a model's evaluation and its chat batch take turns instead
-    of one thread starving the other (threading.Lock lets the releasing thread take it straight back)."""
+    of one thread starving the other (threading.Lock lets the releasing thread take it straight back).
+
+    A holder that asks `light=True` (the chat scheduler: its steps are short and its memory is already set
+    aside) may be let in between two pieces of a long holder's work (`offer`)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._line: collections.deque = collections.deque()
+        self._line: collections.deque = collections.deque()  # (token, light) in the order asked
         self._held = False
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        me = object()
+    def acquire(self, blocking: bool = True, timeout: float = -1, light: bool = False) -> bool:
+        me = (object(), light)
         with self._cond:
             self._line.append(me)
             ready = lambda: self._line[0] is me and not self._held  # noqa: E731
@@ -79,6 +83,29 @@ class FairLock:
     @property
     def waiting(self) -> int:
         return len(self._line)
+
+    @contextlib.contextmanager
+    def light(self):
+        """Held as a light holder (see the class)."""
+        self.acquire(light=True)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def offer(self, settle=None) -> bool:
+        """Between two pieces of a long holder's work (a scoring batch, a layer at a time): when a light holder
+        is first in line, `settle()` (the GPU finishes what was queued, so its step is not queued behind that),
+        let it have its turn, and come back at the end of the line. True if it gave way. Only light holders are
+        let in: a second evaluation's batch beside this one's half-done batch could run out of memory."""
+        line = self._line
+        if not line or not line[0][1]:
+            return False
+        if settle is not None:
+            settle()
+        self.release()
+        self.acquire()
+        return True
 
     def __enter__(self) -> "FairLock":
         self.acquire()
@@ -205,7 +232,7 @@ class Scheduler:
                         self.running = False
                         self._idle()
                         return
-                with self.lock, torch.inference_mode():
+                with self.lock.light(), torch.inference_mode():
                     until = time.perf_counter() + self.slice_s
                     while True:
                         self._iterate()

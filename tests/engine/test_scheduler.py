@@ -231,3 +231,75 @@ def test_cuda_long_prompts_join_in_chunks_and_rows_outgrow_the_slots(cuda_model)
     alone = [reply(cuda_model, t, p)[0] for t in ("short", words)]
     got = together(cuda_model, [("short", p), (words, p)], stagger=0.3)
     assert [g[0] for g in got] == alone
+
+
+def test_a_long_holder_lets_a_light_holder_in_between_its_pieces_but_not_another_long_one():
+    from lab.engine.scheduler import FairLock
+
+    lock, order = FairLock(), []
+    lock.acquire()
+    assert not lock.offer(), "nobody waits: nothing to give way to"
+
+    def light() -> None:
+        with lock.light():
+            order.append("light")
+
+    def heavy() -> None:
+        with lock:
+            order.append("heavy")
+
+    t = threading.Thread(target=heavy)
+    t.start()
+    while not lock.waiting:
+        time.sleep(0.001)
+    settled = []
+    assert not lock.offer(lambda: settled.append(1)), "a second long holder is not let in half-way"
+    assert order == [] and settled == []
+    lock.release()
+    t.join(5)
+    lock.acquire()
+    t = threading.Thread(target=light)
+    t.start()
+    while not lock.waiting:
+        time.sleep(0.001)
+    assert lock.offer(lambda: settled.append(1))
+    assert order == ["heavy", "light"] and settled == [1], "the light holder ran in between, after settling"
+    lock.release()
+    t.join(5)
+
+
+def test_a_chat_reply_keeps_decoding_inside_one_long_scoring_batch(model, monkeypatch):
+    """An evaluation's scoring batch gives way between its layers to the chat's steps: the reply does not wait for
+    the whole batch (on a GPU a big MMLU batch is a second). The batch's scores are those it gives alone."""
+    from lab.engine import prefix
+
+    start = "The following are multiple choice questions about foxes.\n\n" + "Q: A fox is? A. red B. blue\n" * 6
+    prompts = [f"{start}\nQuestion {i}: {'why ' * (40 + i)}\nAnswer:" for i in range(48)]
+    alone = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=48)
+
+    seen, real = [], prefix.suffix_forward
+
+    def timed(*args, **kwargs):
+        before = model.scheduler.steps
+        out = real(*args, **kwargs)
+        seen.append(model.scheduler.steps - before)
+        return out
+
+    monkeypatch.setattr(prefix, "suffix_forward", timed)
+    cancel, first = threading.Event(), threading.Event()
+    params = SamplingParams(temperature=0, max_new_tokens=4000, ignore_eos=True)
+
+    def chatting() -> None:
+        for _ in model.stream_chat(chat("Tell me a long story."), params, cancel):
+            first.set()
+
+    t = threading.Thread(target=chatting)
+    t.start()
+    try:
+        assert first.wait(60), "the reply did not start"
+        during = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=48)
+    finally:
+        cancel.set()
+        t.join(60)
+    assert seen and max(seen) >= 1, f"no chat step ran inside a scoring batch (steps per batch: {seen})"
+    assert during == alone, "giving way changed the scores"

@@ -13,6 +13,7 @@ compute it, with the work shared where prompts share it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Sequence
 
@@ -31,6 +32,29 @@ class ChoiceScorer:
         self.model, self.tok, self.pad_id, self.lock, self.name = model, tok, pad_id, lock, name
         self.device = next(model.parameters()).device
         self.prefix: PrefixScorer | None = None
+
+    def _give_way(self) -> None:
+        """Between two layers of a scoring batch: a chat step that waits for the model runs now, not after the
+        whole batch (a big MMLU batch is a second of GPU time). The batch itself, so its scores, is unchanged."""
+        cuda = self.device.type == "cuda"
+        self.lock.offer(lambda: torch.cuda.synchronize(self.device) if cuda else None)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The model, for one scoring batch that gives way between layers: `suffix_forward` calls the returned
+        function itself; Transformers' forward reaches it through a hook on each decoder layer but the first."""
+        offer = getattr(self.lock, "offer", None)
+        with self.lock, torch.inference_mode():
+            if offer is None:  # a plain lock: nobody to give way to
+                yield None
+                return
+            hooks = [layer.register_forward_pre_hook(lambda *_: self._give_way())
+                     for layer in list(getattr(getattr(self.model, "model", None), "layers", []))[1:]]
+            try:
+                yield self._give_way
+            finally:
+                for h in hooks:
+                    h.remove()
 
     def split_context(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation, split the way likelihood harnesses do."""
@@ -142,7 +166,7 @@ class ChoiceScorer:
         """Log-softmax (float32) of the last `keep` positions of left-padded sequences."""
         ids, mask, _ = left_pad(seqs, self.pad_id, self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self.lock, torch.inference_mode():
+        with self._locked():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 logits_to_keep=keep, use_cache=False).logits
         return torch.log_softmax(logits.float(), dim=-1)
@@ -160,11 +184,11 @@ class ChoiceScorer:
                 part = todo.pop(0)
                 try:
                     if shared:
-                        with self.lock, torch.inference_mode():
+                        with self._locked() as between:
                             if self.prefix is None:
                                 self.prefix = PrefixScorer(self.model, self.pad_id)
                             kv = self.prefix.prefix_kv(ctxs[part[0]][:shared])
-                            logp = self.prefix.next_logprobs(kv, shared, [ctxs[i][shared:] for i in part])
+                            logp = self.prefix.next_logprobs(kv, shared, [ctxs[i][shared:] for i in part], between)
                     else:
                         logp = self.forward_last([ctxs[i] for i in part], keep=1)[:, -1]
                     cands = torch.tensor([rows[i][1] for i in part], device=logp.device)
