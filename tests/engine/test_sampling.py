@@ -142,3 +142,17 @@ def test_the_cpu_penalty_touching_seen_tokens_only_equals_the_graphs_full_pass(p
     before = logits.clone()
     sampling.penalize_seen(logits, seen, pen)
     assert torch.equal(logits, before)  # the logits buffer is left as it was
+
+
+def test_blocked_topk_is_topk():
+    from lab.engine.sampling import blocked_topk
+
+    torch.manual_seed(0)
+    for rows, vocab, k in ((8, 151665, 64), (3, 128 * 70, 64), (2, 1000, 64), (1, 151665, 1)):
+        x = torch.randn(rows, vocab)
+        x[0, -3:] = 50.0 + torch.arange(3.0)  # the largest in the tail past the last whole block
+        got, want = blocked_topk(x, k), x.topk(k, dim=-1)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (rows, vocab, k)
+    x = torch.randint(0, 4, (4, 151665)).float()  # ties everywhere: the same values, ids of those values
+    vals, ids = blocked_topk(x, 64)
+    assert torch.equal(vals, x.topk(64, dim=-1).values) and torch.equal(x.gather(1, ids), vals)
