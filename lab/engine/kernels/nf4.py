@@ -21,8 +21,10 @@ and a second small kernel adds the parts (in a fixed order: the same input gives
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import warnings
 
 import torch
 
@@ -31,6 +33,8 @@ try:
     import triton.language as tl
 except ImportError:  # a CPU-only torch without triton: `supports` says so
     triton = tl = None
+else:
+    from lab.engine.kernels.nf4_decode import decode_lut, decode_prmt, table_bytes, x_columns
 
 MAX_ROWS = 8
 BLOCK = 64  # codes per absmax: the only blocksize this kernel reads
@@ -82,64 +86,142 @@ def _offset(w: torch.Tensor) -> int:
     return 0 if torch.compiler.is_compiling() else w.storage_offset()
 
 
-# ---- the kernels ---------------------------------------------------------------------------------------
+# ---- the kernel ----------------------------------------------------------------------------------------
 if triton is not None:
 
     @triton.jit
-    def _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, idx, mask, BLOCK2: tl.constexpr,
+    def _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, idx, BLOCK2: tl.constexpr,
                 NESTED: tl.constexpr):
         """The absmax of blocks `idx`, dequantized from its uint8 code once per block with double quant."""
         if NESTED:
-            q = tl.load(absq_ptr + idx, mask=mask, other=0).to(tl.int32)
-            a = tl.load(code2_ptr + q) * tl.load(abs2_ptr + idx // BLOCK2, mask=mask, other=0.0)
-            return a + tl.load(offset_ptr)
-        return tl.load(absmax_ptr + idx, mask=mask, other=0.0)
+            q = tl.load(absq_ptr + idx).to(tl.int32)
+            return tl.load(code2_ptr + q) * tl.load(abs2_ptr + idx // BLOCK2) + tl.load(offset_ptr)
+        return tl.load(absmax_ptr + idx)
+
+    @triton.jit
+    def _x8(x_ptr, offs, X_PAIRS: tl.constexpr, X_ASM: tl.constexpr):
+        """x at the 8 columns of each word (`offs`: the first), in nibble order (nibble i is column i ^ 1), as
+        float32. With X_PAIRS x is bfloat16 read as int32 pairs (`offs` counts pairs): column 2p is pair p's low
+        half, 2p + 1 its high half; X_ASM reads a word's 4 pairs with one 128-bit load (CUDA)."""
+        if X_ASM:
+            return x_columns(x_ptr + offs)
+        if X_PAIRS:
+            hi = -65536  # 0xffff0000: a bfloat16 in the high half is its float32
+            p0 = tl.load(x_ptr + offs)
+            p1 = tl.load(x_ptr + offs + 1)
+            p2 = tl.load(x_ptr + offs + 2)
+            p3 = tl.load(x_ptr + offs + 3)
+            return ((p0 & hi).to(tl.float32, bitcast=True), (p0 << 16).to(tl.float32, bitcast=True),
+                    (p1 & hi).to(tl.float32, bitcast=True), (p1 << 16).to(tl.float32, bitcast=True),
+                    (p2 & hi).to(tl.float32, bitcast=True), (p2 << 16).to(tl.float32, bitcast=True),
+                    (p3 & hi).to(tl.float32, bitcast=True), (p3 << 16).to(tl.float32, bitcast=True))
+        return (tl.load(x_ptr + offs + 1).to(tl.float32), tl.load(x_ptr + offs).to(tl.float32),
+                tl.load(x_ptr + offs + 3).to(tl.float32), tl.load(x_ptr + offs + 2).to(tl.float32),
+                tl.load(x_ptr + offs + 5).to(tl.float32), tl.load(x_ptr + offs + 4).to(tl.float32),
+                tl.load(x_ptr + offs + 7).to(tl.float32), tl.load(x_ptr + offs + 6).to(tl.float32))
+
+    @triton.jit
+    def _row(acc, x_ptr, offs, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS: tl.constexpr, X_ASM: tl.constexpr):
+        """acc + scale * (the 8 codes of each word . x at their columns), for one input row."""
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x8(x_ptr, offs, X_PAIRS, X_ASM)
+        part = v0 * x0
+        part += v1 * x1
+        part += v2 * x2
+        part += v3 * x3
+        part += v4 * x4
+        part += v5 * x5
+        part += v6 * x6
+        part += v7 * x7
+        return acc + part * scale[:, None]
+
+    @triton.jit
+    def _put(acc, r: tl.constexpr, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS: tl.constexpr,
+             SPLIT: tl.constexpr, ROWS: tl.constexpr):
+        y = tl.sum(acc, axis=1)
+        if SPLIT == 1:
+            if HAS_BIAS:
+                y += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)
+            tl.store(out_ptr + r * N + n, y.to(out_ptr.dtype.element_ty), mask=n < N)
+        else:
+            tl.store(part_ptr + (pid_s * ROWS + r) * N + n, y, mask=n < N)
 
     @triton.jit
     def _nf4_gemv(x_ptr, w_ptr, absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, code_ptr, bias_ptr,
-                  out_ptr, part_ptr, R, N, KB, stride_x, blocks_per_split,
+                  out_ptr, part_ptr, N, KB, row_words, stride_x, blocks_per_split,
                   NESTED: tl.constexpr, BLOCK2: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                  RP: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr):
-        # Tile: BN weight rows x NB blocks of 64 codes (8 int32 words each) per step, RP input rows.
+                  ROWS: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr, PRMT: tl.constexpr,
+                  X_PAIRS: tl.constexpr, X_ASM: tl.constexpr):
+        # A program: BN weight rows (BN = 16 x warps: a thread holds 4 words, 128 bits, of one row per block)
+        # over its share of K, NB blocks of 64 codes (8 int32 words) per loop step, each block its own [BN, 8]
+        # tile. Each word is decoded once and used for all ROWS input rows (accumulators acc0..acc7).
+        # Layouts: the word load is the only load of BN x 8 elements; the absmax ([BN]) and x ([1, 8]) loads
+        # have fewer elements than threads, so the compiler recomputes them in the words' layout instead of
+        # moving data through shared memory in the loop (whatever order it gives dimensions of equal stride).
         pid_n, pid_s = tl.program_id(0), tl.program_id(1)
         n = pid_n * BN + tl.arange(0, BN)
-        r = tl.arange(0, RP)
-        kb0 = tl.arange(0, NB)
+        n_read = tl.minimum(n, N - 1)  # rows past N read row N - 1 (no mask: wide loads); never stored
         j = tl.arange(0, 8)
-        n3 = n[:, None, None]
-        j3 = j[None, None, :]
-        r4 = r[:, None, None, None]
-        j4 = j[None, None, None, :]
-        start = pid_s * blocks_per_split
+        rows = n_read[:, None] * row_words + j[None, :]
+        XW: tl.constexpr = 4 if X_PAIRS else 8  # x's elements per word of codes
+        start = pid_s * blocks_per_split  # a multiple of NB: every step is whole (the wrapper checks KB % NB)
         stop = tl.minimum(start + blocks_per_split, KB)
-        acc = tl.zeros([RP, BN, NB, 8], dtype=tl.float32)  # summed over words and blocks once, at the end
-        for b in range(start, stop, NB):
-            kb = b + kb0
-            kmask = kb < stop
-            wmask = (n3 < N) & kmask[None, :, None]
-            woffs = tl.max_contiguous(n3 * (KB * 8) + kb[None, :, None] * 8 + j3, [1, 1, 1])
-            words = tl.load(w_ptr + woffs, mask=wmask, other=0,
-                            eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # shifts fill with zeros
-            smask = (n[:, None] < N) & kmask[None, :]
-            scale = _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, n[:, None] * KB + kb[None, :],
-                            smask, BLOCK2, NESTED)
-            xmask = (r4 < R) & kmask[None, None, :, None]
-            col = kb[None, None, :, None] * 64 + j4 * 8  # first column of each word
-            part = tl.zeros([RP, BN, NB, 8], dtype=tl.float32)
-            for i in tl.static_range(8):
-                # the code at bit shift 4*i is the word's column i ^ 1 (high nibble first within a byte)
-                v = tl.load(code_ptr + ((words >> (4 * i)) & 15))
-                xi = tl.load(x_ptr + r4 * stride_x + col + (i ^ 1), mask=xmask, other=0.0).to(tl.float32)
-                part += v[None, :, :, :] * xi
-            acc += part * scale[None, :, :, None]
-        y = tl.sum(tl.sum(acc, axis=3), axis=2)
-        ymask = (r[:, None] < R) & (n[None, :] < N)
-        if SPLIT == 1:
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + r[:, None] * N + n[None, :], y.to(out_ptr.dtype.element_ty), mask=ymask)
-        else:
-            tl.store(part_ptr + (pid_s * RP + r[:, None]) * N + n[None, :], y, mask=ymask)
+        if PRMT:
+            l0, l1, l2, l3, h0, h1, h2, h3 = table_bytes(code_ptr, KB >> 30, True)  # KB < 2^30: zero
+        acc0 = tl.zeros([BN, 8], dtype=tl.float32)  # per word slot; summed once, at the end
+        acc1 = acc0
+        acc2 = acc0
+        acc3 = acc0
+        acc4 = acc0
+        acc5 = acc0
+        acc6 = acc0
+        acc7 = acc0
+        for b0 in range(start, stop, NB):
+            for kb in tl.static_range(NB):
+                b = b0 + kb
+                words = tl.load(w_ptr + rows + b * 8, eviction_policy="evict_first")
+                if PRMT:
+                    v0, v1, v2, v3, v4, v5, v6, v7 = decode_prmt(words, l0, l1, l2, l3, h0, h1, h2, h3)
+                else:
+                    v0, v1, v2, v3, v4, v5, v6, v7 = decode_lut(words, code_ptr)
+                scale = _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, n_read * KB + b, BLOCK2,
+                                NESTED)
+                xo = (b * 8 + j[None, :]) * XW
+                acc0 = _row(acc0, x_ptr, xo, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS, X_ASM)
+                if ROWS > 1:
+                    acc1 = _row(acc1, x_ptr, xo + stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS, X_ASM)
+                if ROWS > 2:
+                    acc2 = _row(acc2, x_ptr, xo + 2 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+                if ROWS > 3:
+                    acc3 = _row(acc3, x_ptr, xo + 3 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+                if ROWS > 4:
+                    acc4 = _row(acc4, x_ptr, xo + 4 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+                if ROWS > 5:
+                    acc5 = _row(acc5, x_ptr, xo + 5 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+                if ROWS > 6:
+                    acc6 = _row(acc6, x_ptr, xo + 6 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+                if ROWS > 7:
+                    acc7 = _row(acc7, x_ptr, xo + 7 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
+                                X_ASM)
+        _put(acc0, 0, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 1:
+            _put(acc1, 1, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 2:
+            _put(acc2, 2, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 3:
+            _put(acc3, 3, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 4:
+            _put(acc4, 4, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 5:
+            _put(acc5, 5, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 6:
+            _put(acc6, 6, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        if ROWS > 7:
+            _put(acc7, 7, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
 
     @triton.jit
     def _sum_parts(part_ptr, bias_ptr, out_ptr, R, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
@@ -148,7 +230,7 @@ if triton is not None:
         r = tl.arange(0, RP)
         s = tl.arange(0, SPLIT)
         mask = (r[None, :, None] < R) & (n[None, None, :] < N)
-        parts = tl.load(part_ptr + (s[:, None, None] * RP + r[None, :, None]) * N + n[None, None, :], mask=mask,
+        parts = tl.load(part_ptr + (s[:, None, None] * R + r[None, :, None]) * N + n[None, None, :], mask=mask,
                         other=0.0)
         y = tl.sum(parts, axis=0)
         if HAS_BIAS:
@@ -156,67 +238,129 @@ if triton is not None:
         tl.store(out_ptr + r[:, None] * N + n[None, :], y.to(out_ptr.dtype.element_ty),
                  mask=(r[:, None] < R) & (n[None, :] < N))
 
-    # On the GPU a few tile shapes are timed once per product shape; the interpreter takes one small tile.
-    _CONFIGS = [triton.Config({"BN": bn, "NB": nb}, num_warps=w)
-                for bn, nb, w in ((32, 2, 4), (32, 4, 4), (64, 4, 4), (16, 4, 4), (64, 2, 8), (16, 2, 4))]
-    _nf4_gemv_tuned = triton.autotune(_CONFIGS, key=["N", "KB", "RP", "SPLIT", "NESTED"])(_nf4_gemv)
+
+# ---- tiles, and the launch -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One launch shape: warps per program (a program has 16 weight rows a warp), blocks of 64 codes per loop
+    step (a power of two; halved until it divides K / 64), and programs along K (0: split_of's choice)."""
+    warps: int
+    nb: int
+    split: int = 0
+
+    @property
+    def bn(self) -> int:
+        return 16 * self.warps
+
+    def __str__(self) -> str:
+        return f"w{self.warps}/nb{self.nb}/s{self.split or 'auto'}"
 
 
-# ---- the wrapper -----------------------------------------------------------------------------------------
+# Timed once per product shape on the GPU (python -m lab.bench kernels --sweep tries many more).
+CANDIDATES = (Tile(4, 2), Tile(4, 4), Tile(2, 4), Tile(8, 2), Tile(2, 8), Tile(1, 8))
+DEFAULT = Tile(4, 4)  # while a CUDA graph is captured nothing can be timed; the decoder warms up first
+INTERPRETED = Tile(1, 2)
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def split_of(n: int, kb: int, device: torch.device) -> int:
-    """Programs along K: enough programs for every SM twice over at 32 rows a program (a power of two)."""
+def split_of(n: int, kb: int, device: torch.device, bn: int = 64) -> int:
+    """Programs along K: enough programs for every SM twice over (a power of two, at most 16)."""
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
     split = 1
-    while triton.cdiv(n, 32) * split < 2 * sms and kb // (split * 2) >= 8 and split < 16:
+    while triton.cdiv(n, bn) * split < 2 * sms and kb // (split * 2) >= 4 and split < 16:
         split *= 2
     return split
 
 
-_CHOSEN: dict[tuple, tuple[dict, int]] = {}  # product shape -> the tile and warps the timing chose
+def decoder() -> str:
+    """How codes are decoded: "prmt" (the register table, CUDA) or "lut" (a gather; the interpreter, and the
+    fallback when the PTX does not compile). LAB_NF4_DECODE=lut|prmt overrides, for comparisons."""
+    if interpreted():
+        return "lut"
+    value = os.environ.get("LAB_NF4_DECODE", "").strip().lower()
+    if value and value not in ("lut", "prmt"):
+        raise ValueError(f"LAB_NF4_DECODE must be 'lut' or 'prmt', not {value!r}.")
+    return value or ("lut" if PRMT_FAILED else "prmt")
 
 
-def _tuned_launch(args: tuple, flags: dict, n: int, split: int, key: tuple) -> None:
-    """The autotuned kernel, except while a CUDA graph is being captured: timing cannot run then, so the
-    tile chosen before (the decoder warms every step up first) or a sound default is launched as it is."""
-    if torch.cuda.is_current_stream_capturing():
-        meta, warps = _CHOSEN.get(key, ({"BN": 32, "NB": 4}, 4))
-        _nf4_gemv[(triton.cdiv(n, meta["BN"]), split)](*args, **flags, **meta, num_warps=warps)
-        return
-    _nf4_gemv_tuned[lambda meta: (triton.cdiv(n, meta["BN"]), split)](*args, **flags)
-    best = _nf4_gemv_tuned.best_config
-    _CHOSEN[key] = (dict(best.kwargs), best.num_warps)
+PRMT_FAILED: list[str] = []  # why the register-table decode did not compile, if it did not
+_CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
+_COMPILED: set[tuple] = set()
 
 
 def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: torch.Tensor | None,
             abs2: torch.Tensor | None, code2: torch.Tensor | None, offset: torch.Tensor | None, code: torch.Tensor,
-            bias: torch.Tensor | None, n: int, k: int, block2: int) -> torch.Tensor:
-    rows = x.shape[0]
-    rp = triton.next_power_of_2(rows)
+            bias: torch.Tensor | None, n: int, k: int, block2: int, tile: Tile | None = None,
+            decode: str | None = None) -> torch.Tensor:
+    decode = decode or decoder()
     kb = k // BLOCK
+    key = (n, kb, x.shape[0], absq is not None, bias is not None, x.dtype, decode)
+    args = (x, words, absmax, absq, abs2, code2, offset, code, bias, n, k, block2)
+    if tile is None:
+        tile = INTERPRETED if interpreted() else _CHOSEN.get(key)
+    if tile is None and torch.cuda.is_current_stream_capturing():
+        tile = DEFAULT
+    if tile is None:
+        tile = _CHOSEN[key] = _fastest(args, decode)
+    if decode == "prmt" and (key, tile) not in _COMPILED:
+        try:  # the first launch compiles: a PTX the toolchain refuses leaves the exact gather running
+            out = _run(*args, tile=tile, decode=decode)
+        except Exception as e:  # noqa: BLE001 - triton raises several kinds for a failed compile
+            PRMT_FAILED.append(f"{type(e).__name__}: {e}"[:2000])
+            warnings.warn(f"The NF4 register-table decode did not compile; using the gather: {PRMT_FAILED[-1]}")
+            return _launch(*args, tile=tile, decode="lut")
+        _COMPILED.add((key, tile))
+        return out
+    return _run(*args, tile=tile, decode=decode)
+
+
+def _fastest(args: tuple, decode: str) -> Tile:
+    """The quickest of CANDIDATES for this product (each compiled and timed once, outside graph capture)."""
+    best, best_ms = DEFAULT, float("inf")
+    for tile in CANDIDATES:
+        try:
+            ms = triton.testing.do_bench(lambda: _run(*args, tile=tile, decode=decode), warmup=5, rep=20)
+        except Exception as e:  # noqa: BLE001 - a tile this GPU cannot run (registers, shared memory)
+            if decode == "prmt" and not PRMT_FAILED:
+                raise
+            warnings.warn(f"NF4 tile {tile} did not run: {type(e).__name__}: {e}"[:500])
+            continue
+        if ms < best_ms:
+            best, best_ms = tile, ms
+    return best
+
+
+def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int, block2: int, *, tile: Tile,
+         decode: str) -> torch.Tensor:
+    rows = x.shape[0]
+    kb = k // BLOCK
+    nb = tile.nb
+    while kb % nb:
+        nb //= 2
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
-    split = split_of(n, kb, x.device)
-    per = triton.cdiv(kb, split)
+    split = tile.split or split_of(n, kb, x.device, tile.bn)
+    per = triton.cdiv(triton.cdiv(kb, split), nb) * nb  # whole steps; the last programs may get fewer or none
     nested = absq is not None
     dummy = code  # pointers a constexpr branch never reads still need a tensor
-    part = torch.empty((split, rp, n), dtype=torch.float32, device=x.device) if split > 1 else out
-    args = (x, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
-            code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
-            out, part, rows, n, kb, x.stride(0), per)
-    flags = {"NESTED": nested, "BLOCK2": block2 if nested else 1, "HAS_BIAS": bias is not None, "SPLIT": split,
-             "RP": rp}
-    if interpreted():
-        _nf4_gemv[(triton.cdiv(n, 16), split)](*args, **flags, BN=16, NB=2)
-    else:
-        _tuned_launch(args, flags, n, split, (n, kb, rp, split, nested, x.dtype))
+    part = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    pairs = x.dtype == torch.bfloat16 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+    xv = x.view(torch.int32) if pairs else x  # the same bytes, two columns a word
+    _nf4_gemv[(triton.cdiv(n, tile.bn), split)](
+        xv, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
+        code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
+        out, part, n, kb, kb * 8, xv.stride(0), per,
+        NESTED=nested, BLOCK2=block2 if nested else 1, HAS_BIAS=bias is not None, SPLIT=split, ROWS=rows,
+        BN=tile.bn, NB=nb, PRMT=decode == "prmt", X_PAIRS=pairs, X_ASM=pairs and decode == "prmt",
+        num_warps=tile.warps)
     if split > 1:
         _sum_parts[(triton.cdiv(n, 64),)](part, bias if bias is not None else dummy, out, rows, n,
-                                        HAS_BIAS=bias is not None, SPLIT=split, RP=rp, BN=64)
+                                        HAS_BIAS=bias is not None, SPLIT=split, RP=triton.next_power_of_2(rows),
+                                        BN=64)
     return out
 
 
@@ -233,19 +377,20 @@ def _(x, words, absmax, absq, abs2, code2, offset, code, bias, n, k, block2):
     return x.new_empty((x.shape[0], n))
 
 
-def nf4_matmul(x: torch.Tensor, module) -> torch.Tensor:
-    """x [..., K] @ W.T + b for a bitsandbytes NF4 `Linear4bit` with at most 8 rows (check `supports` first)."""
+def nf4_matmul(x: torch.Tensor, module, tile: Tile | None = None, decode: str | None = None) -> torch.Tensor:
+    """x [..., K] @ W.T + b for a bitsandbytes NF4 `Linear4bit` with at most 8 rows (check `supports` first).
+    `tile` and `decode` (benchmarks, tests) launch that tile / decoder as it is, outside the custom operator."""
     qs = module.weight.quant_state
     n, k = qs.shape
     words = module.weight.data.view(-1).view(torch.int32)  # the same bytes, 8 codes a word
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    bias = module.bias
     if qs.nested:
         s2 = qs.state2
-        y = _nf4_op(x2, words, s2.absmax, qs.absmax, s2.absmax, s2.code, qs.offset.reshape(1), qs.code, bias,
-                    n, k, s2.blocksize)
+        args = (x2, words, s2.absmax, qs.absmax, s2.absmax, s2.code, qs.offset.reshape(1), qs.code, module.bias,
+                n, k, s2.blocksize)
     else:
-        y = _nf4_op(x2, words, qs.absmax, None, None, None, None, qs.code, bias, n, k, 1)
+        args = (x2, words, qs.absmax, None, None, None, None, qs.code, module.bias, n, k, 1)
+    y = _nf4_op(*args) if tile is None and decode is None else _launch(*args, tile=tile, decode=decode)
     return y.reshape(*x.shape[:-1], n)
