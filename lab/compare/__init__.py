@@ -9,8 +9,8 @@ settings) answer one input together, side by side; no Gradio here.
     bench       the variants over a benchmark slice, one evaluation run each
 """
 
-from lab.compare.run import Comparison, Pane, run_variants
+from lab.compare.run import Comparison, Pane, check_fits, run_variants
 from lab.compare.variants import MAX_PANES, MIN_PANES, SLOT, Variant, check_input, parse_variants
 
-__all__ = ["Comparison", "MAX_PANES", "MIN_PANES", "Pane", "SLOT", "Variant", "check_input", "parse_variants",
-           "run_variants"]
+__all__ = ["Comparison", "MAX_PANES", "MIN_PANES", "Pane", "SLOT", "Variant", "check_fits", "check_input",
+           "parse_variants", "run_variants"]

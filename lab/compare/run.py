@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 from lab import __version__
 from lab.chat.conversation import format_stats
 from lab.compare.variants import SAMPLING, Variant, check_input, parse_variants
+from lab.errors import LabError
 from lab.interface import ReplyStats
 
 
@@ -29,6 +30,19 @@ class Pane:
 
     text: str = ""
     stats: ReplyStats | None = None
+
+
+def check_fits(model, user_input: str, variants: Sequence[Variant]) -> None:
+    """Each variant's prompt plus its max new tokens within the model's context, else one sentence naming the
+    variant and the most it may ask for; checked before anything decodes, so a refused run changes nothing."""
+    context = model.info.context_length
+    for v in variants:
+        used = model.count_chat_tokens(v.messages(user_input))
+        if used + v.max_new_tokens > context:
+            room = max(0, context - used) // 16 * 16  # the page's slider moves in steps of 16
+            raise LabError(f"Variant '{v.name}': its prompt ({used:,} tokens) plus its max new tokens "
+                           f"({v.max_new_tokens:,}) is more than {model.info.name}'s context of {context:,} tokens; "
+                           f"lower its max new tokens to {room:,} or less.")
 
 
 def run_variants(model, user_input: str, variants: Sequence[Variant],

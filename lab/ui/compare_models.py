@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from lab.compare import Pane, Variant, run_variants
+from lab.compare import Pane, Variant, check_fits, run_variants
 from lab.compare.placement import Placement, place
 from lab.errors import LabError
 from lab.models.manager import ModelManager, Wanted
@@ -61,8 +61,8 @@ def _need(w: Wanted):
 def run_planned(manager: ModelManager, user_input: str, variants: Sequence[Variant], plan: Plan,
                 cancel: threading.Event | None = None) -> Iterator[tuple[list[Pane], str, list]]:
     """Run each model's variants in the plan's order; yields (every pane so far, what is happening, each variant's
-    ModelInfo or None until its model is loaded). A model that cannot load is a sentence in its panes; the others
-    still run."""
+    ModelInfo or None until its model is loaded). A model that cannot load, or whose context is too small for a
+    variant's prompt and max new tokens, is a sentence in its panes; the others still run."""
     panes = [Pane() for _ in variants]
     infos: list = [None] * len(variants)
     placement = plan.placement
@@ -84,6 +84,12 @@ def run_planned(manager: ModelManager, user_input: str, variants: Sequence[Varia
             except LabError as e:
                 for i in rows:
                     panes[i].text = f"*{wanted.key} could not be loaded: {e}*"
+                continue
+            try:  # a prompt too long for this model's context: a sentence in its panes, the other models still run
+                check_fits(model, user_input, [variants[i] for i in rows])
+            except LabError as e:
+                for i in rows:
+                    panes[i].text = f"*{e}*"
                 continue
             for i in rows:
                 infos[i] = model.info
