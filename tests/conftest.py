@@ -173,6 +173,35 @@ def new_visitor(browser, url: str, size: str):
     return pg
 
 
+# Gradio draws a tab's components only when the tab first opens, and a frame or more later sets each one's starting
+# value again (its core's render_previously_invisible_children): a value typed in between is lost, and on a loaded
+# machine that is hundreds of ms. MARK_UNTIL_SETTLED types a mark into the box SELECTOR the first frame it exists
+# (before Gradio's second pass, which comes at least a frame after the drawing) and records when the starting value
+# is back over it; after a while without that (the tab was drawn already) it takes the mark out itself.
+MARK_UNTIL_SETTLED = """(selector) => {
+  window.labSettled = false;
+  const t0 = performance.now();
+  let box = null, start = null;
+  const put = (value) => { box.value = value; box.dispatchEvent(new Event('input', {bubbles: true})); };
+  const step = () => {
+    const found = document.querySelector(selector);
+    if (found && box === null) { box = found; start = box.value; put(start + '~'); }
+    if (box !== null && box.value === start) { window.labSettled = true; return; }
+    if (performance.now() - t0 > 8000) { if (box !== null) put(start); window.labSettled = true; return; }
+    requestAnimationFrame(step);
+  };
+  requestAnimationFrame(step);
+}"""
+
+
+def open_tab(page, tab: str, box: str) -> None:
+    """Open `tab` and return once Gradio has drawn it and put its starting values back (MARK_UNTIL_SETTLED), so that
+    what the test types next stays; `box` is a text box of the tab (a textarea or input selector)."""
+    page.evaluate(MARK_UNTIL_SETTLED, box)
+    page.get_by_role("tab", name=tab).click()
+    page.wait_for_function("() => window.labSettled === true")
+
+
 def set_number(page, elem_id: str, value: int) -> None:
     """Type a number into a Gradio number box and commit it."""
     box = page.locator(f"#{elem_id} input[type=number]")

@@ -64,7 +64,11 @@ def build_editors(presets: dict[str, str], shown: int) -> list[Editor]:
                 # Out of the closed panel: the longest reply sets how long the batch takes.
                 f.append(gr.Slider(16, 8192, value=512, step=16, label="Max new tokens (the longest sets the time)",
                                    elem_id=f"cmp-max-new-{i}"))
-                with gr.Accordion("Sampling", open=False):
+                # Not a closed gr.Accordion: Gradio draws a closed accordion's children only when it opens, then a
+                # frame or more later sets each one's starting value again, over a seed typed in between (on a
+                # loaded machine, hundreds of ms). This panel is drawn with the tab; the button only shows it.
+                gr.Button("Sampling", size="sm", elem_id=f"cmp-sampling-btn-{i}", elem_classes=["cmp-sampling-btn"])
+                with gr.Column(elem_id=f"cmp-sampling-{i}", elem_classes=["cmp-sampling"]):
                     f.append(gr.Slider(0, 2, value=temp, step=0.05, label="Temperature (0 = greedy)",
                                        elem_id=f"cmp-temperature-{i}"))
                     f.append(gr.Slider(0.05, 1, value=0.8, step=0.05, label="Top-p", elem_id=f"cmp-top-p-{i}"))

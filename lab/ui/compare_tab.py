@@ -43,11 +43,27 @@ from lab.ui.common import STREAM_INTERVAL_S, SessionCancels, whole_number, form_
 
 BENCH_UPDATE_S = 0.25
 # Long code lines wrap inside a pane rather than run on under its copy icon; the icon gets a strip of its own.
+# A variant's Sampling panel is shown and hidden in the browser alone (compare_panes says why it is no accordion).
 STYLE = """<style>
 [id^="cmp-out-"] pre, [id^="cmp-out-"] code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 [id^="cmp-out-"] pre { padding-top: 2.2em !important; }
 [id^="cmp-out-"] .prose { padding-right: 2.2em; }
+.cmp-sampling:not([data-open]) { display: none !important; }
+.cmp-sampling-btn { justify-content: space-between !important; font-weight: normal !important; }
+.cmp-sampling-btn::after { content: "\\25BC"; font-size: 0.7em; transform: rotate(90deg); transition: transform .15s; }
+.cmp-sampling-btn[aria-expanded="true"]::after { transform: none; }
 </style>"""
+TOGGLE_JS = """if (!window.cmpSamplingToggle) {
+  window.cmpSamplingToggle = true;
+  document.addEventListener('click', (e) => {
+    const button = e.target.closest && e.target.closest('.cmp-sampling-btn');
+    const panel = button && document.getElementById(button.id.replace('-btn-', '-'));
+    if (!panel) return;
+    const open = !panel.hasAttribute('data-open');
+    panel.toggleAttribute('data-open', open);
+    button.setAttribute('aria-expanded', String(open));
+  });
+}"""
 # On a phone the panes start far below Run all: bring the first one into view as the run starts.
 SCROLL_JS = """() => { if (window.innerWidth < 800) {
   const el = document.querySelector('#cmp-status'); if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); } }"""
@@ -60,7 +76,7 @@ def build_compare_tab(manager: ModelManager, tab: gr.Tab | None = None) -> None:
 
     # ---- layout -------------------------------------------------------------------------
     state = gr.State(None)  # the last Comparison shown
-    gr.HTML("", head=STYLE, padding=False, elem_id="cmp-style")
+    gr.HTML("", head=STYLE, js_on_load=TOGGLE_JS, padding=False, elem_id="cmp-style")
     gr.Markdown("Every variant answers the same input, together in one batched generation per model. A variant may "
                 "name a model and quantization of its own; blind mode hides and shuffles the labels until you vote.")
     with gr.Row():
