@@ -86,7 +86,7 @@ def build_outputs(shown: int) -> list[Output]:
     with gr.Row(equal_height=False):
         for i in range(MAX_PANES):
             with gr.Column(visible=i < shown, min_width=240, elem_id=f"cmp-pane-{i}") as column:
-                label = gr.Markdown(f"**Pane {i + 1}**", elem_id=f"cmp-label-{i}")
+                label = gr.Markdown(blank_labels()[i], elem_id=f"cmp-label-{i}")
                 text = gr.Markdown("", elem_id=f"cmp-out-{i}", container=True, min_height=160, max_height=480,
                                    buttons=["copy"])
                 stats = gr.Markdown("", elem_id=f"cmp-stats-{i}", elem_classes=["cmp-stats"])
@@ -112,6 +112,21 @@ def form_values(variants: list[Variant], presets: dict[str, str]) -> list:
         out += [v.name, v.model or AS_LOADED, v.quant or AS_LOADED, preset, v.system, v.template, v.max_new_tokens,
                 v.temperature, v.top_p, v.top_k, v.repetition_penalty, -1 if v.seed is None else v.seed]
     return out + [gr.skip()] * (len(FIELDS) * (MAX_PANES - len(variants)))
+
+
+def cost_line(n: int | str, values) -> str:
+    """What Run all will cost, read from the form before it runs: each shown variant's max new tokens, their sum,
+    and the longest, which sets the time (every row of a batch decodes until the longest is done)."""
+    n = int(n)
+    rows = [dict(zip(FIELDS, values[i * len(FIELDS):(i + 1) * len(FIELDS)])) for i in range(n)]
+    try:
+        longest = [int(float(r["max_new_tokens"])) for r in rows]
+    except (TypeError, ValueError):
+        return ""  # a box half typed: the line comes back with the number
+    named = any(r[k] not in (None, "", AS_LOADED) for r in rows for k in ("model", "quant"))
+    how = "one batch per model, the models in turn" if named else "in one batch"
+    return (f"**Run all:** {n} variants {how}, up to {sum(longest):,} new tokens in all "
+            f"({' + '.join(f'{x:,}' for x in longest)}); the longest, {max(longest):,}, sets the time.")
 
 
 def visibility(n: int | str) -> list:
@@ -169,6 +184,18 @@ def labels(comparison: Comparison, revealed: bool, spans: bool = False) -> list[
             out.append(f"**{name}** `#{comparison.variants[idx].fingerprint}`{won}  \n"
                        f"{cost(comparison, idx, spans)}")
     return pad(out)
+
+
+def blank_labels() -> list[str]:
+    """Each pane's label before any comparison."""
+    return [f"**Pane {i + 1}**" for i in range(MAX_PANES)]
+
+
+def took(comparison: Comparison, seconds: float) -> str:
+    """What a finished run took: its time and the tokens it decoded (and read), all panes together."""
+    stats = [s for s in comparison.stats if s]
+    new, read = sum(s["completion_tokens"] for s in stats), sum(s["prompt_tokens"] for s in stats)
+    return f"{seconds:.1f} s: {new:,} new tokens in all, {read:,} prompt tokens read."
 
 
 def stats_lines(comparison: Comparison, hidden: bool) -> list[str]:
