@@ -1,18 +1,24 @@
 """The NF4 decode kernel beside bitsandbytes' and beside bf16 cuBLAS, one product at a time, on CUDA.
 
     python -m lab.bench kernels [--out lab/bench/results]
+    LAB_KERNELS_ROWS=1,2,4,8   input rows to measure (default)
+    LAB_KERNELS_SWEEP=1,4      also time a grid of tiles (warps, blocks a step, K split) at these rows, per shape
+    LAB_KERNELS_BUDGET_S=200   stop the sweep after this many seconds (what was timed is printed as it goes)
 
-Per Qwen2.5-7B layer shape (out x in) and input rows (1 and 4): the time of one product and the bytes it
-reads per second for (a) lab.engine.kernels.nf4, (b) bitsandbytes' Linear4bit forward, (c) a bf16
-`x @ W.T` of the same shape; then one decode step's products (28 layers x q, k, v, o, gate, up, down) for
-each. Each time is 20 products captured in one CUDA graph, replayed and timed with CUDA events (launch
-gaps removed, as DESIGN.md measures). Random weights, NF4 with double quant; `max rel diff` is the largest
-|lab - bitsandbytes| over the largest |bitsandbytes| output.
+Per Qwen2.5-7B layer shape (out x in) and input rows: the time of one product and the bytes it reads per
+second for (a) lab.engine.kernels.nf4 as the engine runs it (its tile timed per shape, the register-table
+decode), (b) bitsandbytes' Linear4bit forward, (c) a bf16 `x @ W.T` of the same shape; at 1 row also the
+kernel with the gather decode (its fallback) on the same tile; then one decode step's products (28 layers x
+q, k, v, o, gate, up, down) for each. Each time is 20 products captured in one CUDA graph, replayed and timed
+with CUDA events (launch gaps removed, as DESIGN.md measures). Random weights, NF4 with double quant;
+`max rel diff` is the largest |lab - bitsandbytes| over the largest |bitsandbytes| output.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -62,57 +68,115 @@ def nf4_bytes(lin) -> int:
     return lin.weight.numel() + qs.absmax.numel() * qs.absmax.element_size() + extra
 
 
-def measure(n: int, k: int, rows: int, replays: int) -> dict:
+def measure(lin, w16: torch.Tensor, rows: int, replays: int) -> dict:
     from lab.engine.kernels import nf4
 
-    lin = nf4_module(n, k)
-    w16 = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
+    n, k = lin.weight.quant_state.shape
     x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
     reason = nf4.supports(lin, x)
     if reason:
         raise SystemExit(f"the lab kernel cannot run here: {reason}.")
     with torch.inference_mode():
-        ours, theirs = nf4.nf4_matmul(x, lin).float(), lin(x).float()
+        ours, theirs = nf4.nf4_matmul(x, lin).float(), lin(x).float()  # the first call times the tiles
         diff = ((ours - theirs).abs().max() / theirs.abs().max()).item()
-        io = (rows * k + rows * n) * 2
+        tile = nf4.chosen(x, lin)
         times = {"lab": graph_time_ms(lambda: nf4.nf4_matmul(x, lin), replays),
                  "bnb": graph_time_ms(lambda: lin(x), replays),
                  "bf16": graph_time_ms(lambda: x @ w16.T, replays)}
-    moved = {"lab": nf4_bytes(lin) + io, "bnb": nf4_bytes(lin) + io, "bf16": n * k * 2 + io}
-    row = {"shape": f"{n}x{k}", "rows": rows, "max_rel_diff": diff}
+        if rows == 1:
+            times["gather"] = graph_time_ms(lambda: nf4.nf4_matmul(x, lin, tile=tile, decode="lut"), replays)
+    io = (rows * k + rows * n) * 2
+    moved = {"lab": nf4_bytes(lin) + io, "gather": nf4_bytes(lin) + io, "bnb": nf4_bytes(lin) + io,
+             "bf16": n * k * 2 + io}
+    row = {"shape": f"{n}x{k}", "rows": rows, "max_rel_diff": diff, "tile": str(tile), "decode": nf4.decoder()}
     for name, ms in times.items():
         row[f"{name}_us"] = ms * 1000
         row[f"{name}_gbs"] = moved[name] / (ms / 1000) / 1e9
     return row
 
 
+def sweep(lin, rows: int, deadline: float) -> list[tuple[str, float, float]]:
+    """Every tile of a grid timed on this product: (tile, µs, GB/s), fastest first."""
+    from lab.engine.kernels import nf4
+
+    n, k = lin.weight.quant_state.shape
+    kb = k // 64
+    x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
+    moved = nf4_bytes(lin) + (rows * k + rows * n) * 2
+    out = []
+    tiles = [nf4.Tile(w, nb, s) for w in (1, 2, 4, 8) for nb in (2, 4, 8) for s in (0, 1, 2, 4, 8, 16)
+             if kb // max(s, 1) >= nb and not (w == 1 and nb == 2)]
+    for tile in tiles:
+        if time.monotonic() > deadline:
+            print(f"  (sweep budget spent: {len(out)} of {len(tiles)} tiles timed)", flush=True)
+            break
+        try:
+            with torch.inference_mode():
+                us = graph_time_ms(lambda t=tile: nf4.nf4_matmul(x, lin, tile=t), 5) * 1000
+        except Exception as e:  # noqa: BLE001 - report and go on: one run should say as much as it can
+            print(f"  {n}x{k} rows {rows} {tile}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
+        out.append((str(tile), us, moved / (us / 1e6) / 1e9))
+    out.sort(key=lambda t: t[1])
+    return out
+
+
 def table(rows: list[dict], steps: dict) -> str:
     head = ("| shape (out x in) | rows | lab µs | lab GB/s | bnb µs | bnb GB/s | bf16 µs | bf16 GB/s "
-            "| lab/bnb speed-up | max rel diff |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| lab/bnb speed-up | lab/bf16 speed-up | gather µs | tile | max rel diff |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r['shape']} | {r['rows']} | {r['lab_us']:.1f} | {r['lab_gbs']:.0f} | {r['bnb_us']:.1f} | "
-                   f"{r['bnb_gbs']:.0f} | {r['bf16_us']:.1f} | {r['bf16_gbs']:.0f} | {r['bnb_us'] / r['lab_us']:.2f}x |"
-                   f" {r['max_rel_diff']:.1e} |\n" for r in rows)
+                   f"{r['bnb_gbs']:.0f} | {r['bf16_us']:.1f} | {r['bf16_gbs']:.0f} | {r['bnb_us'] / r['lab_us']:.2f}x | "
+                   f"{r['bf16_us'] / r['lab_us']:.2f}x | "
+                   f"{format(r['gather_us'], '.1f') if 'gather_us' in r else '-'} | {r['tile']} | {r['max_rel_diff']:.1e} |\n"
+                   for r in rows)
     step = "".join(f"| {n} | {s['lab']:.3f} | {s['bnb']:.3f} | {s['bf16']:.3f} | {s['bnb'] / s['lab']:.2f}x | "
                    f"{s['bf16'] / s['lab']:.2f}x |\n" for n, s in steps.items())
     return (head + body + f"\nOne decode step's products ({LAYERS} layers x q, k, v, o, gate, up, down):\n\n"
             "| rows | lab ms | bnb ms | bf16 ms | lab vs bnb | lab vs bf16 |\n|---|---|---|---|---|---|\n" + step)
 
 
+def _ints(name: str, default: str) -> list[int]:
+    value = os.environ.get(name, default).strip()
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
 def run(args) -> int:
     if not torch.cuda.is_available():
         print("python -m lab.bench kernels needs a CUDA GPU; run it on the GPU machine.")
         return 2
+    from lab.engine.kernels import nf4
+
     torch.manual_seed(0)
+    t0 = time.monotonic()
+    row_counts, sweep_rows = _ints("LAB_KERNELS_ROWS", "1,2,4,8"), _ints("LAB_KERNELS_SWEEP", "")
+    deadline = t0 + float(os.environ.get("LAB_KERNELS_BUDGET_S", "200"))
     unique = sorted(set(SHAPES.values()), key=lambda s: (s[0] * s[1], s))
-    rows, steps = [], {}
-    for n_rows in (1, 4):
-        found = {}
-        for shape in unique:
-            found[shape] = measure(*shape, n_rows, args.replays)
-            torch.cuda.empty_cache()  # the last shape's weights and graphs
-        rows += list(found.values())
-        steps[n_rows] = {name: LAYERS * sum(found[s][f"{name}_us"] for s in SHAPES.values()) / 1000
-                         for name in ("lab", "bnb", "bf16")}
+    found: dict[tuple, dict] = {}
+    swept: dict[str, list] = {}
+    for shape in unique:
+        lin = nf4_module(*shape)
+        w16 = torch.randn(*shape, dtype=torch.bfloat16, device="cuda")
+        for n_rows in row_counts:
+            r = found[(shape, n_rows)] = measure(lin, w16, n_rows, args.replays)
+            print(f"{r['shape']} rows {n_rows}: lab {r['lab_us']:.1f} µs {r['lab_gbs']:.0f} GB/s ({r['tile']}, "
+                  f"{r['decode']}), bnb {r['bnb_us']:.1f} µs, bf16 {r['bf16_us']:.1f} µs, "
+                  f"lab/bnb {r['bnb_us'] / r['lab_us']:.2f}x, diff {r['max_rel_diff']:.1e}"
+                  + (f", gather {r['gather_us']:.1f} µs" if "gather_us" in r else "")
+                  + f"  [{time.monotonic() - t0:.0f} s]", flush=True)
+        share = t0 + (deadline - t0) * (unique.index(shape) + 1) / len(unique)  # each shape its part of the time
+        for i, n_rows in enumerate(sweep_rows):
+            now = time.monotonic()
+            got = swept[f"{shape[0]}x{shape[1]}/{n_rows}"] = sweep(lin, n_rows,
+                                                                    now + (share - now) / (len(sweep_rows) - i))
+            best = ", ".join(f"{t} {us:.1f} µs {gbs:.0f} GB/s" for t, us, gbs in got[:4])
+            print(f"sweep {shape[0]}x{shape[1]} rows {n_rows}, fastest: {best}  [{time.monotonic() - t0:.0f} s]",
+                  flush=True)
+        del lin, w16
+        torch.cuda.empty_cache()  # the last shape's weights and graphs
+    rows = [found[(s, r)] for r in row_counts for s in unique]
+    steps = {r: {name: LAYERS * sum(found[(s, r)][f"{name}_us"] for s in SHAPES.values()) / 1000
+                 for name in ("lab", "bnb", "bf16")} for r in row_counts}
     props = torch.cuda.get_device_properties(0)
     import bitsandbytes
     import triton
@@ -120,10 +184,23 @@ def run(args) -> int:
     machine = (f"{props.name}, torch {torch.__version__}, triton {triton.__version__}, "
                f"bitsandbytes {bitsandbytes.__version__}")
     text = f"# NF4 kernels, {machine}\n\n{args.command_line}\n\n{table(rows, steps)}"
-    print(text)
+    if nf4.PRMT_FAILED:
+        text += f"\nThe register-table decode FAILED (the gather ran): {nf4.PRMT_FAILED[0]}\n"
+    if swept:
+        text += "\nTiles swept (warps / blocks a step / K split), fastest four:\n\n"
+        text += "".join(f"- {key} rows: " + ", ".join(f"{t} {us:.1f} µs ({gbs:.0f} GB/s)" for t, us, gbs in v[:4])
+                        + "\n" for key, v in swept.items())
+        for r in sweep_rows:
+            if all(f"{s[0]}x{s[1]}/{r}" in swept and swept[f"{s[0]}x{s[1]}/{r}"] for s in SHAPES.values()):
+                best = LAYERS * sum(swept[f"{s[0]}x{s[1]}/{r}"][0][1] for s in SHAPES.values()) / 1000
+                text += (f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms "
+                         f"(bnb {steps[r]['bnb']:.3f}, bf16 {steps[r]['bf16']:.3f})\n" if r in steps else
+                         f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms\n")
+    print(text, flush=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "kernels.md").write_text(text)
-        (out / "kernels.json").write_text(json.dumps({"machine": machine, "rows": rows, "steps": steps}, indent=1))
+        (out / "kernels.json").write_text(json.dumps({"machine": machine, "rows": rows, "steps": steps,
+                                                      "swept": swept, "prmt_failed": nf4.PRMT_FAILED}, indent=1))
     return 0

@@ -175,7 +175,7 @@ def test_7b_shapes_against_bitsandbytes_on_gpu(n, k):
             assert (y - theirs).abs().max() <= 1e-2 * top, where  # and vs Linear4bit's own forward
             own = x.float() @ rounded.T + bias  # what the register decode computes, before rounding the output
             assert (y32 - own).abs().max() <= 1e-5 * own.abs().max(), where
-            assert ((y - own).abs() <= 2.0**-8 * own.abs() + 1e-5 * own.abs().max()).all(), where
+            assert ((y - own).abs() <= 2.0**-7 * own.abs() + 1e-5 * own.abs().max()).all(), where  # a bf16 ulp
             if rows in (1, 4) and nested:
                 with torch.inference_mode():
                     g32 = nf4.nf4_matmul(x.float(), lin, tile=nf4.DEFAULT, decode="lut")
@@ -344,11 +344,10 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
-
-    import triton.language as tl  # noqa: F401 - read by _table's kernel as a global
+    import triton.language as tl  # _table's kernel reads tl and table_bytes as globals
 
     from lab.engine import layers
     from lab.engine.kernels import nf4
-    from lab.engine.kernels.nf4_decode import table_bytes  # noqa: F401 - likewise
+    from lab.engine.kernels.nf4_decode import table_bytes
 
     _main()

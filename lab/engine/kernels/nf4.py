@@ -10,13 +10,18 @@ bitsandbytes' layout (its pure-torch backend, `backends/default/ops.py`, is the 
 of 64 consecutive elements has absmax[b], so with K % 64 == 0 row n's blocks are n*K/64 .. (n+1)*K/64 - 1.
 Nested: absmax[b] = state2.code[absmax_u8[b]] * state2.absmax[b // 256] + offset.
 
-The kernel reads the bytes as int32 words (8 codes each; little-endian, so the code at bit shift 4*i is
-column i ^ 1 of the word), looks the codes up in the 16-entry table (64 bytes, resident in L1), multiplies by
-x in fp32 and sums each 64-code block before applying its absmax once. Tall products split K over programs
-and a second small kernel adds the parts (in a fixed order: the same input gives the same output).
+The kernel reads the bytes as int32 words, 128 bits (4 words, 32 codes of one row) per thread and block
+(little-endian: the code at bit shift 4*i is column i ^ 1 of the word). It decodes them with the table held
+in registers (nf4_decode: PTX prmt, the table rounded to bfloat16: each weight within 2^-8 of itself), or on
+the interpreter and as the fallback by gathering from the exact float32 table. Each decoded word is used for
+every input row (float32 FMAs into one accumulator per row); x is read 16 bytes a word; each 64-code block's
+absmax is applied once per word. Tall products split K over programs and a second small kernel adds the parts
+(in a fixed order: the same input gives the same output). The tile (warps, blocks a step, K split) is timed
+per product shape at its first call; `python -m lab.bench kernels` sweeps more.
 
-    LAB_KERNELS=lab   use this kernel in the engine's decode step (default: bnb, bitsandbytes' own forward)
-    TRITON_INTERPRET=1 runs it on a CPU through Triton's interpreter (what the tests do)
+    LAB_KERNELS=lab     use this kernel in the engine's decode step (default: bnb, bitsandbytes' own forward)
+    LAB_NF4_DECODE=lut  the gather decode on CUDA too (default there: prmt)
+    TRITON_INTERPRET=1  runs it on a CPU through Triton's interpreter (what the tests do)
 """
 
 from __future__ import annotations
@@ -136,9 +141,9 @@ if triton is not None:
 
     @triton.jit
     def _put(acc, r: tl.constexpr, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS: tl.constexpr,
-             SPLIT: tl.constexpr, ROWS: tl.constexpr):
+             PARTS: tl.constexpr, ROWS: tl.constexpr):
         y = tl.sum(acc, axis=1)
-        if SPLIT == 1:
+        if not PARTS:
             if HAS_BIAS:
                 y += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)
             tl.store(out_ptr + r * N + n, y.to(out_ptr.dtype.element_ty), mask=n < N)
@@ -148,7 +153,7 @@ if triton is not None:
     @triton.jit
     def _nf4_gemv(x_ptr, w_ptr, absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, code_ptr, bias_ptr,
                   out_ptr, part_ptr, N, KB, row_words, stride_x, blocks_per_split,
-                  NESTED: tl.constexpr, BLOCK2: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                  NESTED: tl.constexpr, BLOCK2: tl.constexpr, HAS_BIAS: tl.constexpr, PARTS: tl.constexpr,
                   ROWS: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr, PRMT: tl.constexpr,
                   X_PAIRS: tl.constexpr, X_ASM: tl.constexpr):
         # A program: BN weight rows (BN = 16 x warps: a thread holds 4 words, 128 bits, of one row per block)
@@ -207,21 +212,21 @@ if triton is not None:
                 if ROWS > 7:
                     acc7 = _row(acc7, x_ptr, xo + 7 * stride_x, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS,
                                 X_ASM)
-        _put(acc0, 0, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+        _put(acc0, 0, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 1:
-            _put(acc1, 1, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc1, 1, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 2:
-            _put(acc2, 2, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc2, 2, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 3:
-            _put(acc3, 3, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc3, 3, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 4:
-            _put(acc4, 4, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc4, 4, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 5:
-            _put(acc5, 5, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc5, 5, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 6:
-            _put(acc6, 6, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc6, 6, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
         if ROWS > 7:
-            _put(acc7, 7, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, SPLIT, ROWS)
+            _put(acc7, 7, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
 
     @triton.jit
     def _sum_parts(part_ptr, bias_ptr, out_ptr, R, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
@@ -289,8 +294,8 @@ def decoder() -> str:
 
 
 PRMT_FAILED: list[str] = []  # why the register-table decode did not compile, if it did not
+_PRMT_RAN: list[bool] = []  # it has run once: later errors are errors, not a missing toolchain
 _CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
-_COMPILED: set[tuple] = set()
 
 
 def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: torch.Tensor | None,
@@ -298,41 +303,52 @@ def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: to
             bias: torch.Tensor | None, n: int, k: int, block2: int, tile: Tile | None = None,
             decode: str | None = None) -> torch.Tensor:
     decode = decode or decoder()
-    kb = k // BLOCK
-    key = (n, kb, x.shape[0], absq is not None, bias is not None, x.dtype, decode)
     args = (x, words, absmax, absq, abs2, code2, offset, code, bias, n, k, block2)
+    if decode != "prmt" or _PRMT_RAN or torch.cuda.is_current_stream_capturing():
+        return _tiled(args, tile, decode)
+    try:  # the first launch compiles the inline PTX: if the toolchain refuses it, the exact gather runs
+        out = _tiled(args, tile, decode)
+    except Exception as e:  # noqa: BLE001 - triton raises several kinds for a failed compile
+        PRMT_FAILED.append(f"{type(e).__name__}: {e}"[:4000])
+        warnings.warn(f"The NF4 register-table decode failed; the gather runs instead: {PRMT_FAILED[-1]}")
+        return _tiled(args, tile, "lut")
+    _PRMT_RAN.append(True)
+    return out
+
+
+def _tiled(args: tuple, tile: Tile | None, decode: str) -> torch.Tensor:
+    """Launch with `tile`, else the tile timed fastest for this product (timed at its first call; while a
+    CUDA graph is being captured nothing can be timed, and the decoder warms every step up before that)."""
+    x, n, k = args[0], args[9], args[10]
+    key = (n, k // BLOCK, x.shape[0], args[3] is not None, args[8] is not None, x.dtype, decode)
     if tile is None:
         tile = INTERPRETED if interpreted() else _CHOSEN.get(key)
     if tile is None and torch.cuda.is_current_stream_capturing():
         tile = DEFAULT
     if tile is None:
         tile = _CHOSEN[key] = _fastest(args, decode)
-    if decode == "prmt" and (key, tile) not in _COMPILED:
-        try:  # the first launch compiles: a PTX the toolchain refuses leaves the exact gather running
-            out = _run(*args, tile=tile, decode=decode)
-        except Exception as e:  # noqa: BLE001 - triton raises several kinds for a failed compile
-            PRMT_FAILED.append(f"{type(e).__name__}: {e}"[:2000])
-            warnings.warn(f"The NF4 register-table decode did not compile; using the gather: {PRMT_FAILED[-1]}")
-            return _launch(*args, tile=tile, decode="lut")
-        _COMPILED.add((key, tile))
-        return out
     return _run(*args, tile=tile, decode=decode)
 
 
+def chosen(x: torch.Tensor, module) -> Tile | None:
+    """The tile timed fastest for this product (None before its first call), for reports."""
+    qs = module.weight.quant_state
+    n, k = qs.shape
+    key = (n, k // BLOCK, x.reshape(-1, k).shape[0], bool(qs.nested), module.bias is not None, x.dtype, decoder())
+    return INTERPRETED if interpreted() else _CHOSEN.get(key)
+
+
 def _fastest(args: tuple, decode: str) -> Tile:
-    """The quickest of CANDIDATES for this product (each compiled and timed once, outside graph capture)."""
-    best, best_ms = DEFAULT, float("inf")
+    """The quickest of CANDIDATES for this product (each compiled and timed once)."""
+    timed = {}
     for tile in CANDIDATES:
         try:
-            ms = triton.testing.do_bench(lambda: _run(*args, tile=tile, decode=decode), warmup=5, rep=20)
-        except Exception as e:  # noqa: BLE001 - a tile this GPU cannot run (registers, shared memory)
-            if decode == "prmt" and not PRMT_FAILED:
-                raise
-            warnings.warn(f"NF4 tile {tile} did not run: {type(e).__name__}: {e}"[:500])
-            continue
-        if ms < best_ms:
-            best, best_ms = tile, ms
-    return best
+            timed[tile] = triton.testing.do_bench(lambda t=tile: _run(*args, tile=t, decode=decode), warmup=5, rep=20)
+        except Exception as e:  # noqa: BLE001 - a tile this GPU cannot run; the others may
+            error = e
+    if not timed:
+        raise error
+    return min(timed, key=timed.get)
 
 
 def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int, block2: int, *, tile: Tile,
@@ -354,7 +370,7 @@ def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int
         xv, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
         code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
         out, part, n, kb, kb * 8, xv.stride(0), per,
-        NESTED=nested, BLOCK2=block2 if nested else 1, HAS_BIAS=bias is not None, SPLIT=split, ROWS=rows,
+        NESTED=nested, BLOCK2=block2 if nested else 1, HAS_BIAS=bias is not None, PARTS=split > 1, ROWS=rows,
         BN=tile.bn, NB=nb, PRMT=decode == "prmt", X_PAIRS=pairs, X_ASM=pairs and decode == "prmt",
         num_warps=tile.warps)
     if split > 1:

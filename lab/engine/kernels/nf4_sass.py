@@ -40,8 +40,8 @@ def compile_sm90(tile: nf4.Tile = nf4.DEFAULT, rows: int = 1, nested: bool = Tru
     """Compile _nf4_gemv as a launch with these flags would, for sm_90 (H100/H200)."""
     types = ["*i32" if x_pairs else "*bf16", "*i32", "*fp32", "*u8", "*fp32", "*fp32", "*fp32", "*fp32", "*bf16",
              "*bf16", "*fp32", "i32", "i32", "i32", "i32", "i32"]
-    consts = dict(NESTED=nested, BLOCK2=256, HAS_BIAS=bias, SPLIT=split, ROWS=rows, BN=tile.bn, NB=tile.nb,
-                  PRMT=prmt, X_PAIRS=x_pairs, X_ASM=x_pairs and prmt)
+    consts = {"NESTED": nested, "BLOCK2": 256, "HAS_BIAS": bias, "PARTS": split > 1, "ROWS": rows, "BN": tile.bn,
+              "NB": tile.nb, "PRMT": prmt, "X_PAIRS": x_pairs, "X_ASM": x_pairs and prmt}
     signature = dict(zip(_ARGS, types)) | {k: "constexpr" for k in consts}
     # what Triton's launcher infers for real tensors: 16-byte aligned pointers, row_words/stride_x % 16 == 0
     aligned = [i for i, name in enumerate(_ARGS) if name.endswith("_ptr") or name in ("row_words", "stride_x")]
