@@ -3,7 +3,7 @@
     python -m lab.bench kernels [--out lab/bench/results]
     LAB_KERNELS_ROWS=1,2,4,8   input rows to measure (default)
     LAB_KERNELS_SWEEP=1,4      also time a grid of tiles (warps, blocks a step, K split) at these rows, per shape
-    LAB_KERNELS_BUDGET_S=200   stop the sweep after this many seconds (what was timed is printed as it goes)
+    LAB_KERNELS_BUDGET_S=200   stop sweeping this many seconds after the start (each result is printed as it comes)
 
 Per Qwen2.5-7B layer shape (out x in) and input rows: the time of one product and the bytes it reads per
 second for (a) lab.engine.kernels.nf4 as the engine runs it (its tile timed per shape, the register-table
@@ -152,28 +152,19 @@ def run(args) -> int:
     row_counts, sweep_rows = _ints("LAB_KERNELS_ROWS", "1,2,4,8"), _ints("LAB_KERNELS_SWEEP", "")
     deadline = t0 + float(os.environ.get("LAB_KERNELS_BUDGET_S", "200"))
     unique = sorted(set(SHAPES.values()), key=lambda s: (s[0] * s[1], s))
+    modules = {shape: nf4_module(*shape) for shape in unique}
     found: dict[tuple, dict] = {}
-    swept: dict[str, list] = {}
     for shape in unique:
-        lin = nf4_module(*shape)
         w16 = torch.randn(*shape, dtype=torch.bfloat16, device="cuda")
         for n_rows in row_counts:
-            r = found[(shape, n_rows)] = measure(lin, w16, n_rows, args.replays)
+            r = found[(shape, n_rows)] = measure(modules[shape], w16, n_rows, args.replays)
             print(f"{r['shape']} rows {n_rows}: lab {r['lab_us']:.1f} µs {r['lab_gbs']:.0f} GB/s ({r['tile']}, "
                   f"{r['decode']}), bnb {r['bnb_us']:.1f} µs, bf16 {r['bf16_us']:.1f} µs, "
                   f"lab/bnb {r['bnb_us'] / r['lab_us']:.2f}x, diff {r['max_rel_diff']:.1e}"
                   + (f", gather {r['gather_us']:.1f} µs" if "gather_us" in r else "")
                   + f"  [{time.monotonic() - t0:.0f} s]", flush=True)
-        share = t0 + (deadline - t0) * (unique.index(shape) + 1) / len(unique)  # each shape its part of the time
-        for i, n_rows in enumerate(sweep_rows):
-            now = time.monotonic()
-            got = swept[f"{shape[0]}x{shape[1]}/{n_rows}"] = sweep(lin, n_rows,
-                                                                    now + (share - now) / (len(sweep_rows) - i))
-            best = ", ".join(f"{t} {us:.1f} µs {gbs:.0f} GB/s" for t, us, gbs in got[:4])
-            print(f"sweep {shape[0]}x{shape[1]} rows {n_rows}, fastest: {best}  [{time.monotonic() - t0:.0f} s]",
-                  flush=True)
-        del lin, w16
-        torch.cuda.empty_cache()  # the last shape's weights and graphs
+        del w16
+        torch.cuda.empty_cache()  # the bf16 weights and the graphs
     rows = [found[(s, r)] for r in row_counts for s in unique]
     steps = {r: {name: LAYERS * sum(found[(s, r)][f"{name}_us"] for s in SHAPES.values()) / 1000
                  for name in ("lab", "bnb", "bf16")} for r in row_counts}
@@ -186,21 +177,36 @@ def run(args) -> int:
     text = f"# NF4 kernels, {machine}\n\n{args.command_line}\n\n{table(rows, steps)}"
     if nf4.PRMT_FAILED:
         text += f"\nThe register-table decode FAILED (the gather ran): {nf4.PRMT_FAILED[0]}\n"
+    print(text, flush=True)  # before the sweep: a run cut short still has its table
+    _save(args.out, text, {"machine": machine, "rows": rows, "steps": steps, "prmt_failed": nf4.PRMT_FAILED})
+    swept: dict[str, list] = {}
+    plan = [(shape, n_rows) for n_rows in sweep_rows for shape in unique]
+    for i, (shape, n_rows) in enumerate(plan):  # each its share of the time left
+        now = time.monotonic()
+        got = swept[f"{shape[0]}x{shape[1]}/{n_rows}"] = sweep(modules[shape], n_rows,
+                                                                now + (deadline - now) / (len(plan) - i))
+        best = ", ".join(f"{t} {us:.1f} µs {gbs:.0f} GB/s" for t, us, gbs in got[:4])
+        print(f"sweep {shape[0]}x{shape[1]} rows {n_rows}, fastest: {best}  [{time.monotonic() - t0:.0f} s]",
+              flush=True)
     if swept:
-        text += "\nTiles swept (warps / blocks a step / K split), fastest four:\n\n"
-        text += "".join(f"- {key} rows: " + ", ".join(f"{t} {us:.1f} µs ({gbs:.0f} GB/s)" for t, us, gbs in v[:4])
-                        + "\n" for key, v in swept.items())
+        extra = "\nTiles swept (warps / blocks a step / K split), fastest four:\n\n"
+        extra += "".join(f"- {key} rows: " + ", ".join(f"{t} {us:.1f} µs ({gbs:.0f} GB/s)" for t, us, gbs in v[:4])
+                         + "\n" for key, v in swept.items())
         for r in sweep_rows:
-            if all(f"{s[0]}x{s[1]}/{r}" in swept and swept[f"{s[0]}x{s[1]}/{r}"] for s in SHAPES.values()):
+            if all(swept.get(f"{s[0]}x{s[1]}/{r}") for s in SHAPES.values()):
                 best = LAYERS * sum(swept[f"{s[0]}x{s[1]}/{r}"][0][1] for s in SHAPES.values()) / 1000
-                text += (f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms "
-                         f"(bnb {steps[r]['bnb']:.3f}, bf16 {steps[r]['bf16']:.3f})\n" if r in steps else
-                         f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms\n")
-    print(text, flush=True)
-    if args.out:
-        out = Path(args.out)
+                base = f" (bnb {steps[r]['bnb']:.3f}, bf16 {steps[r]['bf16']:.3f})" if r in steps else ""
+                extra += f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms{base}\n"
+        print(extra, flush=True)
+        text += extra
+    _save(args.out, text, {"machine": machine, "rows": rows, "steps": steps, "swept": swept,
+                           "prmt_failed": nf4.PRMT_FAILED})
+    return 0
+
+
+def _save(folder: str | None, text: str, data: dict) -> None:
+    if folder:
+        out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         (out / "kernels.md").write_text(text)
-        (out / "kernels.json").write_text(json.dumps({"machine": machine, "rows": rows, "steps": steps,
-                                                      "swept": swept, "prmt_failed": nf4.PRMT_FAILED}, indent=1))
-    return 0
+        (out / "kernels.json").write_text(json.dumps(data, indent=1))
