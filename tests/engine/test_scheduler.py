@@ -275,7 +275,9 @@ def test_a_chat_reply_keeps_decoding_inside_one_long_scoring_batch(model, monkey
 
     start = "The following are multiple choice questions about foxes.\n\n" + "Q: A fox is? A. red B. blue\n" * 6
     prompts = [f"{start}\nQuestion {i}: {'why ' * (40 + i)}\nAnswer:" for i in range(48)]
-    alone = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=48)
+    # six batches of 8, each with a layer boundary where a waiting chat step can run (on a loaded machine the chat's
+    # thread may not be back in line in time for one of them)
+    alone = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=8)
 
     seen, real = [], prefix.suffix_forward
 
@@ -297,7 +299,7 @@ def test_a_chat_reply_keeps_decoding_inside_one_long_scoring_batch(model, monkey
     t.start()
     try:
         assert first.wait(60), "the reply did not start"
-        during = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=48)
+        during = model.score_choices(prompts, [" A", " B", " C", " D"], batch_size=8)
     finally:
         cancel.set()
         t.join(60)
