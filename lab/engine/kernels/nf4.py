@@ -151,7 +151,7 @@ if triton is not None:
             tl.store(part_ptr + (pid_s * ROWS + r) * N + n, y, mask=n < N)
 
     @triton.jit
-    def _nf4_gemv(x_ptr, w_ptr, absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, code_ptr, bias_ptr,
+    def nf4_gemv(x_ptr, w_ptr, absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, code_ptr, bias_ptr,
                   out_ptr, part_ptr, N, KB, row_words, stride_x, blocks_per_split,
                   NESTED: tl.constexpr, BLOCK2: tl.constexpr, HAS_BIAS: tl.constexpr, PARTS: tl.constexpr,
                   ROWS: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr, PRMT: tl.constexpr,
@@ -366,7 +366,7 @@ def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int
     part = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if split > 1 else out
     pairs = x.dtype == torch.bfloat16 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
     xv = x.view(torch.int32) if pairs else x  # the same bytes, two columns a word
-    _nf4_gemv[(triton.cdiv(n, tile.bn), split)](
+    nf4_gemv[(triton.cdiv(n, tile.bn), split)](
         xv, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
         code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
         out, part, n, kb, kb * 8, xv.stride(0), per,

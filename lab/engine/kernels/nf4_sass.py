@@ -37,7 +37,7 @@ class Compiled:
 
 def compile_sm90(tile: nf4.Tile = nf4.DEFAULT, rows: int = 1, nested: bool = True, prmt: bool = True,
                  x_pairs: bool = True, split: int = 1, bias: bool = False) -> Compiled:
-    """Compile _nf4_gemv as a launch with these flags would, for sm_90 (H100/H200)."""
+    """Compile nf4_gemv as a launch with these flags would, for sm_90 (H100/H200)."""
     types = ["*i32" if x_pairs else "*bf16", "*i32", "*fp32", "*u8", "*fp32", "*fp32", "*fp32", "*fp32", "*bf16",
              "*bf16", "*fp32", "i32", "i32", "i32", "i32", "i32"]
     consts = {"NESTED": nested, "BLOCK2": 256, "HAS_BIAS": bias, "PARTS": split > 1, "ROWS": rows, "BN": tile.bn,
@@ -46,7 +46,7 @@ def compile_sm90(tile: nf4.Tile = nf4.DEFAULT, rows: int = 1, nested: bool = Tru
     # what Triton's launcher infers for real tensors: 16-byte aligned pointers, row_words/stride_x % 16 == 0
     aligned = [i for i, name in enumerate(_ARGS) if name.endswith("_ptr") or name in ("row_words", "stride_x")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(fn=nf4._nf4_gemv, signature=signature, constexprs=consts, attrs=attrs)
+    src = ASTSource(fn=nf4.nf4_gemv, signature=signature, constexprs=consts, attrs=attrs)
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile.warps})
     sass, usage = _tool("nvdisasm", c.asm["cubin"], "-c"), _tool("cuobjdump", c.asm["cubin"], "-res-usage")
     regs, local = (int(re.search(rf"{k}:(\d+)", usage).group(1)) for k in ("REG", "LOCAL"))
