@@ -261,8 +261,11 @@ class Tile:
         return f"w{self.warps}/nb{self.nb}/s{self.split or 'auto'}"
 
 
-# Timed once per product shape on the GPU (python -m lab.bench kernels --sweep tries many more).
-CANDIDATES = (Tile(4, 2), Tile(4, 4), Tile(2, 4), Tile(8, 2), Tile(2, 8), Tile(1, 8))
+# Timed once per product shape on the GPU (python -m lab.bench kernels --sweep tries many more). The H200 sweep's
+# fastest tiles split K more than split_of does for one row (18944x3584: w1/nb8/s4 26.5 µs against 42.3 for the
+# split it picks), so explicit splits are candidates too.
+CANDIDATES = tuple(Tile(w, nb, s) for w, nb in ((4, 2), (4, 4), (2, 4), (8, 2), (2, 8), (1, 8), (4, 8))
+                   for s in (0, 2, 4, 8, 16))
 DEFAULT = Tile(4, 4)  # while a CUDA graph is captured nothing can be timed; the decoder warms up first
 INTERPRETED = Tile(1, 2)
 
@@ -339,11 +342,15 @@ def chosen(x: torch.Tensor, module) -> Tile | None:
 
 
 def _fastest(args: tuple, decode: str) -> Tile:
-    """The quickest of CANDIDATES for this product (each compiled and timed once)."""
+    """The quickest of CANDIDATES for this product, each timed as a replayed CUDA graph, as the decode step runs it
+    (timed launch by launch, the host's few µs per launch hid the kernels' differences and picked slow tiles)."""
     timed = {}
     for tile in CANDIDATES:
+        if tile.split and (args[10] // BLOCK) // tile.split < tile.nb:
+            continue  # fewer blocks a program than one step reads
         try:
-            timed[tile] = triton.testing.do_bench(lambda t=tile: _run(*args, tile=t, decode=decode), warmup=5, rep=20)
+            _run(*args, tile=tile, decode=decode)  # compiled outside the capture
+            timed[tile] = triton.testing.do_bench_cudagraph(lambda t=tile: _run(*args, tile=t, decode=decode), rep=20)
         except Exception as e:  # noqa: BLE001 - a tile this GPU cannot run; the others may
             error = e
     if not timed:
