@@ -163,6 +163,12 @@ def open_page(browser, url: str, tab: str | None = None, ready: str | None = Non
 SIZES = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}  # the pages' two sizes
 
 
+@pytest.fixture(params=list(SIZES))
+def size(request):
+    """Each page size in turn (the browser tests that check an item at both)."""
+    return request.param
+
+
 def new_visitor(browser, url: str, size: str):
     """A page of the app in a fresh browser context (its own storage: a new visitor) at SIZES[size], its chat
     box drawn. Close its context after."""

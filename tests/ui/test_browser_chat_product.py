@@ -16,11 +16,6 @@ from tests.conftest import ARTIFACTS, SIZES, new_visitor, set_number
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture(params=list(SIZES))
-def size(request):
-    return request.param
-
-
 @pytest.fixture
 def page(browser, app_url, size):
     """A fresh browser context (its own localStorage: a new visitor) at the size asked for."""

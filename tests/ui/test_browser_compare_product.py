@@ -32,11 +32,6 @@ RUN_DONE = "() => document.querySelector('#cmp-status').innerText.includes('new 
 NO_PAGE_OVERFLOW = "() => document.documentElement.scrollWidth <= window.innerWidth + 1"
 
 
-@pytest.fixture(params=list(SIZES))
-def size(request):
-    return request.param
-
-
 @pytest.fixture
 def page(browser, app_url, size):
     """A new visitor at `size` with the Compare tab drawn and settled (conftest.open_tab)."""

@@ -96,11 +96,6 @@ def trend_count(note: str, benchmark: str) -> int:
     return int(m.group(1))
 
 
-@pytest.fixture(params=list(SIZES))
-def size(request):
-    return request.param
-
-
 def open_eval(browser, app_url, size):
     """A new visitor (a fresh browser context) at `size`, with the Evaluate tab open and its history drawn."""
     pg = new_visitor(browser, app_url, size)
