@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from lab.engine import sampling
+from lab.engine.kernels import attention
 from lab.engine.layers import Heads, fuse_projections, is_int8, layers_forward, module_norm, rms_norm, rope
 from lab.interface import SamplingParams
 
@@ -139,15 +140,20 @@ class StaticDecoder:
         # Row b sees its own slots from pad[b] up to the one being written.
         mask = ((self.slots <= self.cur) & (self.slots >= self.pad[:, None]))[:, None, None, :]
         layers = self.model.model.layers
+        lab_attention = attention.selected() == "lab"
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self.k[i].index_copy_(2, self.cur, k.transpose(1, 2))
             self.v[i].index_copy_(2, self.cur, v.transpose(1, 2))
             # Grouped-query attention without copying keys: the g query heads that share a key head
             # become g query rows of that head (head h uses key head h // g, as Transformers' repeat_kv).
-            o = F.scaled_dot_product_attention(q.transpose(1, 2).reshape(b, heads.n_kv, heads.group, heads.dim),
-                                               self.k[i], self.v[i], attn_mask=mask,
-                                               scale=layers[i].self_attn.scaling)
+            qg = q.transpose(1, 2).reshape(b, heads.n_kv, heads.group, heads.dim)
+            if lab_attention and attention.supports(qg, self.k[i]) is None:  # split over the slots up to cur
+                o = attention.decode_attention(qg, self.k[i], self.v[i], self.cur, self.pad,
+                                               layers[i].self_attn.scaling)
+            else:
+                o = F.scaled_dot_product_attention(qg, self.k[i], self.v[i], attn_mask=mask,
+                                                   scale=layers[i].self_attn.scaling)
             return o.reshape(b, 1, heads.n_heads * heads.dim)
 
         h = layers_forward(self.model, self.model.model.embed_tokens(self.ids), cos, sin, attend, heads, self.norm)
