@@ -1,4 +1,4 @@
-"""NF4 matrix-vector products (up to 8 rows) straight from bitsandbytes' packed 4-bit weights.
+"""NF4 products for decode rows (up to 64) straight from bitsandbytes' packed 4-bit weights.
 
 `nf4_matmul(x, module)` computes what a loaded `bnb.nn.Linear4bit` computes, x @ W.T + b, from the module's
 own storage: `module.weight` (uint8, two codes per byte) and `module.weight.quant_state` (one absmax per 64
@@ -16,8 +16,9 @@ in registers (nf4_decode: PTX prmt, the table rounded to bfloat16: each weight w
 the interpreter and as the fallback by gathering from the exact float32 table. Each decoded word is used for
 every input row (float32 FMAs into one accumulator per row); x is read 16 bytes a word; each 64-code block's
 absmax is applied once per word. Tall products split K over programs and a second small kernel adds the parts
-(in a fixed order: the same input gives the same output). The tile (warps, blocks a step, K split) is timed
-per product shape at its first call; `python -m lab.bench kernels` sweeps more.
+(in a fixed order: the same input gives the same output). From 2 rows the tensor-core kernel (nf4_mma) is a
+candidate too, and past 8 rows the only one. The tile (kernel, warps, blocks a step, K split) is timed per product
+shape and row count at its first call; `python -m lab.bench kernels` sweeps more.
 
     LAB_KERNELS=lab     use this kernel in the engine's decode step (default: bnb, bitsandbytes' own forward)
     LAB_NF4_DECODE=lut  the gather decode on CUDA too (default there: prmt)
@@ -39,9 +40,10 @@ try:
 except ImportError:  # a CPU-only torch without triton: `supports` says so
     triton = tl = None
 else:
-    from lab.engine.kernels.nf4_decode import decode_lut, decode_prmt, table_bytes, x_columns
+    from lab.engine.kernels.nf4_decode import decode_lut, decode_prmt, scales, table_bytes, x_columns
+    from lab.engine.kernels.nf4_mma import nf4_mma
 
-MAX_ROWS = 8
+MAX_ROWS = 64  # up to 8 on the CUDA cores (nf4_gemv) or the tensor cores (nf4_mma); 9-64 on the tensor cores
 BLOCK = 64  # codes per absmax: the only blocksize this kernel reads
 
 
@@ -93,15 +95,6 @@ def _offset(w: torch.Tensor) -> int:
 
 # ---- the kernel ----------------------------------------------------------------------------------------
 if triton is not None:
-
-    @triton.jit
-    def _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, idx, BLOCK2: tl.constexpr,
-                NESTED: tl.constexpr):
-        """The absmax of blocks `idx`, dequantized from its uint8 code once per block with double quant."""
-        if NESTED:
-            q = tl.load(absq_ptr + idx).to(tl.int32)
-            return tl.load(code2_ptr + q) * tl.load(abs2_ptr + idx // BLOCK2) + tl.load(offset_ptr)
-        return tl.load(absmax_ptr + idx)
 
     @triton.jit
     def _x8(x_ptr, offs, X_PAIRS: tl.constexpr, X_ASM: tl.constexpr):
@@ -188,7 +181,7 @@ if triton is not None:
                     v0, v1, v2, v3, v4, v5, v6, v7 = decode_prmt(words, l0, l1, l2, l3, h0, h1, h2, h3)
                 else:
                     v0, v1, v2, v3, v4, v5, v6, v7 = decode_lut(words, code_ptr)
-                scale = _scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, n_read * KB + b, BLOCK2,
+                scale = scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, n_read * KB + b, BLOCK2,
                                 NESTED)
                 xo = (b * 8 + j[None, :]) * XW
                 acc0 = _row(acc0, x_ptr, xo, v0, v1, v2, v3, v4, v5, v6, v7, scale, X_PAIRS, X_ASM)
@@ -248,26 +241,37 @@ if triton is not None:
 @dataclasses.dataclass(frozen=True)
 class Tile:
     """One launch shape: warps per program (a program has 16 weight rows a warp), blocks of 64 codes per loop
-    step (a power of two; halved until it divides K / 64), and programs along K (0: split_of's choice)."""
+    step (a power of two; halved until it divides K / 64), and programs along K (0: split_of's choice). With
+    `mma` (weight rows a program) the tensor-core kernel of nf4_mma runs instead, one block a loop step."""
     warps: int
     nb: int
     split: int = 0
+    mma: int = 0
 
     @property
     def bn(self) -> int:
-        return 16 * self.warps
+        return self.mma or 16 * self.warps
 
     def __str__(self) -> str:
-        return f"w{self.warps}/nb{self.nb}/s{self.split or 'auto'}"
+        return f"mma{self.mma}/w{self.warps}/s{self.split or 'auto'}" if self.mma else \
+            f"w{self.warps}/nb{self.nb}/s{self.split or 'auto'}"
 
 
 # Timed once per product shape on the GPU (python -m lab.bench kernels --sweep tries many more). The H200 sweep's
 # fastest tiles split K more than split_of does for one row (18944x3584: w1/nb8/s4 26.5 µs against 42.3 for the
 # split it picks), so explicit splits are candidates too.
-CANDIDATES = tuple(Tile(w, nb, s) for w, nb in ((4, 2), (4, 4), (2, 4), (8, 2), (2, 8), (1, 8), (4, 8))
-                   for s in (0, 2, 4, 8, 16))
+# Splits do not change the compiled kernel, (warps, nb) and the rows do: 5 compiles per row count for nf4_gemv, and
+# 3 for nf4_mma, whose 2-16 rows are one compile (the tensor cores' 16-row tile).
+CANDIDATES = tuple(Tile(w, nb, s) for w, nb in ((4, 2), (4, 4), (4, 8), (2, 8), (1, 8)) for s in (0, 4, 8, 16))
+MMA_CANDIDATES = tuple(Tile(4, 1, s, bn) for bn in (32, 64, 128) for s in (0, 2, 4, 8))
+# Up to GEMV_ROWS rows nf4_gemv is timed, from 2 nf4_mma: at 8 rows nf4_gemv runs 26 instructions a code on sm_90
+# (8 FMAs each), nf4_mma 10 (nf4_sass counts them), at 1 row 7 against 10.
+GEMV_ROWS = 2
+GEMV_MAX_ROWS = 8  # its accumulators
 DEFAULT = Tile(4, 4)  # while a CUDA graph is captured nothing can be timed; the decoder warms up first
+DEFAULT_MMA = Tile(4, 1, 0, 64)
 INTERPRETED = Tile(1, 2)
+INTERPRETED_MMA = Tile(4, 1, 0, 32)
 
 
 @functools.cache
@@ -324,10 +328,11 @@ def _tiled(args: tuple, tile: Tile | None, decode: str) -> torch.Tensor:
     CUDA graph is being captured nothing can be timed, and the decoder warms every step up before that)."""
     x, n, k = args[0], args[9], args[10]
     key = (n, k // BLOCK, x.shape[0], args[3] is not None, args[8] is not None, x.dtype, decode)
+    wide = x.shape[0] > GEMV_ROWS
     if tile is None:
-        tile = INTERPRETED if interpreted() else _CHOSEN.get(key)
+        tile = ((INTERPRETED_MMA if wide else INTERPRETED) if interpreted() else _CHOSEN.get(key))
     if tile is None and torch.cuda.is_current_stream_capturing():
-        tile = DEFAULT
+        tile = DEFAULT_MMA if wide else DEFAULT
     if tile is None:
         tile = _CHOSEN[key] = _fastest(args, decode)
     return _run(*args, tile=tile, decode=decode)
@@ -344,8 +349,8 @@ def chosen(x: torch.Tensor, module) -> Tile | None:
 def _fastest(args: tuple, decode: str) -> Tile:
     """The quickest of CANDIDATES for this product, each timed as a replayed CUDA graph, as the decode step runs it
     (timed launch by launch, the host's few µs per launch hid the kernels' differences and picked slow tiles)."""
-    timed = {}
-    for tile in CANDIDATES:
+    timed, rows = {}, args[0].shape[0]
+    for tile in (CANDIDATES if rows <= GEMV_ROWS else ()) + (MMA_CANDIDATES if rows > 1 else ()):
         if tile.split and (args[10] // BLOCK) // tile.split < tile.nb:
             continue  # fewer blocks a program than one step reads
         try:
@@ -371,19 +376,27 @@ def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int
     nested = absq is not None
     dummy = code  # pointers a constexpr branch never reads still need a tensor
     part = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if split > 1 else out
-    pairs = x.dtype == torch.bfloat16 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
-    xv = x.view(torch.int32) if pairs else x  # the same bytes, two columns a word
-    nf4_gemv[(triton.cdiv(n, tile.bn), split)](
-        xv, words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
-        code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
-        out, part, n, kb, kb * 8, xv.stride(0), per,
-        NESTED=nested, BLOCK2=block2 if nested else 1, HAS_BIAS=bias is not None, PARTS=split > 1, ROWS=rows,
-        BN=tile.bn, NB=nb, PRMT=decode == "prmt", X_PAIRS=pairs, X_ASM=pairs and decode == "prmt",
-        num_warps=tile.warps)
+    weights = (words, absmax if not nested else dummy, absq if nested else dummy, abs2 if nested else dummy,
+               code2 if nested else dummy, offset if nested else dummy, code, bias if bias is not None else dummy,
+               out, part)
+    flags = {"NESTED": nested, "BLOCK2": block2 if nested else 1, "HAS_BIAS": bias is not None, "PARTS": split > 1,
+             "BN": tile.bn, "PRMT": decode == "prmt", "num_warps": tile.warps}
+    grid = (triton.cdiv(n, tile.bn), split)
+    if not tile.mma and rows > GEMV_MAX_ROWS:
+        raise ValueError(f"nf4_gemv takes up to {GEMV_MAX_ROWS} rows, not {rows}: use an mma tile")
+    if tile.mma:
+        nf4_mma[grid](x, *weights, rows, n, kb, kb * 8, x.stride(0), per, BR=max(16, triton.next_power_of_2(rows)),
+                      IEEE=x.dtype == torch.float32 or interpreted(), **flags)
+    else:
+        pairs = x.dtype == torch.bfloat16 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+        xv = x.view(torch.int32) if pairs else x  # the same bytes, two columns a word
+        nf4_gemv[grid](xv, *weights, n, kb, kb * 8, xv.stride(0), per, ROWS=rows, NB=nb, X_PAIRS=pairs,
+                       X_ASM=pairs and decode == "prmt", **flags)
     if split > 1:
-        _sum_parts[(triton.cdiv(n, 64),)](part, bias if bias is not None else dummy, out, rows, n,
-                                        HAS_BIAS=bias is not None, SPLIT=split, RP=triton.next_power_of_2(rows),
-                                        BN=64)
+        rp = triton.next_power_of_2(rows)
+        bn = max(16, min(64, 8192 // (split * rp)))  # [split, rows, bn] partial sums a program: bounded registers
+        _sum_parts[(triton.cdiv(n, bn),)](part, bias if bias is not None else dummy, out, rows, n,
+                                          HAS_BIAS=bias is not None, SPLIT=split, RP=rp, BN=bn)
     return out
 
 
@@ -401,7 +414,7 @@ def _(x, words, absmax, absq, abs2, code2, offset, code, bias, n, k, block2):
 
 
 def nf4_matmul(x: torch.Tensor, module, tile: Tile | None = None, decode: str | None = None) -> torch.Tensor:
-    """x [..., K] @ W.T + b for a bitsandbytes NF4 `Linear4bit` with at most 8 rows (check `supports` first).
+    """x [..., K] @ W.T + b for a bitsandbytes NF4 `Linear4bit` with at most 64 rows (check `supports` first).
     `tile` and `decode` (benchmarks, tests) launch that tile / decoder as it is, outside the custom operator."""
     qs = module.weight.quant_state
     n, k = qs.shape

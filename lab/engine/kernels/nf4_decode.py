@@ -1,4 +1,5 @@
-"""Decoding 8 NF4 codes (one int32 word) into 8 float32 values, for the NF4 kernel (lab.engine.kernels.nf4).
+"""Decoding 8 NF4 codes (one int32 word) into 8 float32 values, and the blocks' absmax, for the NF4 kernels
+(lab.engine.kernels.nf4 and nf4_mma).
 
 Two ways, with one interface: `decode_lut(words, code_ptr)` and `decode_prmt(words, *table_bytes(code_ptr))`
 each return the values of the codes at bit shifts 0, 4, ..., 28 of every word, as 8 float32 tensors of the
@@ -121,6 +122,15 @@ if triton is not None:
         f = tl.float32
         return tl.inline_asm_elementwise(_ASM, _CONSTRAINTS, [words, l0, l1, l2, l3, h0, h1, h2, h3],
                                          dtype=(f, f, f, f, f, f, f, f), is_pure=True, pack=1)
+
+    @triton.jit
+    def scales(absmax_ptr, absq_ptr, abs2_ptr, code2_ptr, offset_ptr, idx, BLOCK2: tl.constexpr,
+               NESTED: tl.constexpr):
+        """The absmax of blocks `idx`, dequantized from its uint8 code once per block with double quant."""
+        if NESTED:
+            q = tl.load(absq_ptr + idx).to(tl.int32)
+            return tl.load(code2_ptr + q) * tl.load(abs2_ptr + idx // BLOCK2) + tl.load(offset_ptr)
+        return tl.load(absmax_ptr + idx)
 
     @triton.jit
     def decode_lut(words, code_ptr):

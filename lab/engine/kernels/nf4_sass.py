@@ -18,7 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lab.engine.kernels import nf4
+from lab.engine.kernels import nf4, nf4_mma
 
 _ARGS = ("x_ptr", "w_ptr", "absmax_ptr", "absq_ptr", "abs2_ptr", "code2_ptr", "offset_ptr", "code_ptr", "bias_ptr",
          "out_ptr", "part_ptr", "N", "KB", "row_words", "stride_x", "blocks_per_split")
@@ -37,16 +37,24 @@ class Compiled:
 
 def compile_sm90(tile: nf4.Tile = nf4.DEFAULT, rows: int = 1, nested: bool = True, prmt: bool = True,
                  x_pairs: bool = True, split: int = 1, bias: bool = False) -> Compiled:
-    """Compile nf4_gemv as a launch with these flags would, for sm_90 (H100/H200)."""
-    types = ["*i32" if x_pairs else "*bf16", "*i32", "*fp32", "*u8", "*fp32", "*fp32", "*fp32", "*fp32", "*bf16",
-             "*bf16", "*fp32", "i32", "i32", "i32", "i32", "i32"]
-    consts = {"NESTED": nested, "BLOCK2": 256, "HAS_BIAS": bias, "PARTS": split > 1, "ROWS": rows, "BN": tile.bn,
-              "NB": tile.nb, "PRMT": prmt, "X_PAIRS": x_pairs, "X_ASM": x_pairs and prmt}
-    signature = dict(zip(_ARGS, types)) | {k: "constexpr" for k in consts}
+    """Compile the kernel a launch with these flags would run (nf4_gemv, or nf4_mma for an mma tile), for sm_90
+    (H100/H200)."""
+    flags = {"NESTED": nested, "BLOCK2": 256, "HAS_BIAS": bias, "PARTS": split > 1, "BN": tile.bn, "PRMT": prmt}
+    if tile.mma:
+        fn, names = nf4_mma.nf4_mma, _ARGS[:11] + ("R",) + _ARGS[11:]
+        types = ["*bf16", "*i32", "*fp32", "*u8", "*fp32", "*fp32", "*fp32", "*fp32", "*bf16", "*bf16", "*fp32"] \
+            + ["i32"] * 6
+        consts = flags | {"BR": max(16, triton.next_power_of_2(rows)), "IEEE": False}
+    else:
+        fn, names = nf4.nf4_gemv, _ARGS
+        types = ["*i32" if x_pairs else "*bf16", "*i32", "*fp32", "*u8", "*fp32", "*fp32", "*fp32", "*fp32",
+                 "*bf16", "*bf16", "*fp32", "i32", "i32", "i32", "i32", "i32"]
+        consts = flags | {"ROWS": rows, "NB": tile.nb, "X_PAIRS": x_pairs, "X_ASM": x_pairs and prmt}
+    signature = dict(zip(names, types)) | {k: "constexpr" for k in consts}
     # what Triton's launcher infers for real tensors: 16-byte aligned pointers, row_words/stride_x % 16 == 0
-    aligned = [i for i, name in enumerate(_ARGS) if name.endswith("_ptr") or name in ("row_words", "stride_x")]
+    aligned = [i for i, name in enumerate(names) if name.endswith("_ptr") or name in ("row_words", "stride_x")]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(fn=nf4.nf4_gemv, signature=signature, constexprs=consts, attrs=attrs)
+    src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile.warps})
     sass, usage = _tool("nvdisasm", c.asm["cubin"], "-c"), _tool("cuobjdump", c.asm["cubin"], "-res-usage")
     regs, local = (int(re.search(rf"{k}:(\d+)", usage).group(1)) for k in ("REG", "LOCAL"))
@@ -96,11 +104,12 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--warps", type=int, default=nf4.DEFAULT.warps)
     p.add_argument("--nb", type=int, default=nf4.DEFAULT.nb)
+    p.add_argument("--mma", type=int, default=0, help="weight rows a program of the tensor-core kernel (0: nf4_gemv)")
     p.add_argument("--lut", action="store_true", help="the gather decode instead of the register table")
     p.add_argument("--plain", action="store_true", help="no double quant")
     p.add_argument("--sass", action="store_true", help="print the whole SASS")
     a = p.parse_args()
-    tile = nf4.Tile(a.warps, a.nb)
+    tile = nf4.Tile(a.warps, a.nb, 0, a.mma)
     c = compile_sm90(tile, a.rows, nested=not a.plain, prmt=not a.lut)
     print(c.sass if a.sass else summary(c, tile, a.rows))
 
