@@ -9,6 +9,7 @@ Cases:
   spread       a lab.eval command in one process beside the same under torchrun --nproc_per_node N
   load         many chat streams at once through lab.serve (continuous batching) beside one at a time
   kernels      the NF4 decode kernel beside bitsandbytes' and bf16 cuBLAS, per 7B layer shape (CUDA)
+  profile      where one captured decode step's time goes, kernel by kernel, per quantization and context (CUDA)
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     kn = sub.add_parser("kernels", help="the NF4 kernel vs bitsandbytes and bf16 per 7B layer shape (CUDA)")
     kn.add_argument("--replays", type=int, default=20, help="graph replays per timing (20 products each)")
     kn.add_argument("--out", help="folder for kernels.md and kernels.json")
+    pf = _case(sub, "profile", "one decode step's kernels by kind, per quantization and context (CUDA)",
+               shape="7b", quants="bf16,4bit", prompt_tokens=512, repeats=1)
+    pf.add_argument("--contexts", default="512,16384", help="comma-separated tokens in the cache")
+    pf.add_argument("--replays", type=int, default=100, help="graph replays per timing")
     sp = sub.add_parser("spread", help="python -m lab.eval ... in one process beside torchrun's N processes")
     sp.add_argument("--nproc", type=int, default=2, help="processes (one per GPU on CUDA)")
     sp.add_argument("evaluation", nargs=argparse.REMAINDER, help="-- then the lab.eval command line")
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from lab.bench.kernels import run as run_kernels
 
         return run_kernels(args)
+    if args.case == "profile":
+        from lab.bench.profile import run as run_profile
+
+        return run_profile(args)
     if args.case == "fast":
         from lab.bench.fast import run as run_fast
 

@@ -1,6 +1,8 @@
-"""The NF4 decode kernel beside bitsandbytes' and beside bf16 cuBLAS, one product at a time, on CUDA.
+"""The NF4 decode kernel beside bitsandbytes' and beside bf16 cuBLAS, one product at a time, and the decode
+attention kernel beside the step's SDPA call, on CUDA.
 
     python -m lab.bench kernels [--out lab/bench/results]
+    LAB_KERNELS_CASES=nf4,attention  which to run (default both)
     LAB_KERNELS_ROWS=1,2,4,8   input rows to measure (default)
     LAB_KERNELS_SWEEP=1,4      also time a grid of tiles (warps, blocks a step, K split) at these rows, per shape
     LAB_KERNELS_BUDGET_S=200   stop sweeping this many seconds after the start (each result is printed as it comes)
@@ -12,6 +14,11 @@ kernel with the gather decode (its fallback) on the same tile; then one decode s
 q, k, v, o, gate, up, down) for each. Each time is 20 products captured in one CUDA graph, replayed and timed
 with CUDA events (launch gaps removed, as DESIGN.md measures). Random weights, NF4 with double quant;
 `max rel diff` is the largest |lab - bitsandbytes| over the largest |bitsandbytes| output.
+
+Attention: the 7B's heads (4 key heads of 7 query heads, d 128, bf16), 1 and 8 rows, at each context in
+ATTENTION_CONTEXTS with the cache sized as the engine sizes it; (a) F.scaled_dot_product_attention with the
+step's boolean mask (over every slot), (b) lab.engine.kernels.attention.decode_attention (slots up to cur only).
+GB/s counts the keys and values the answer needs, 2 x rows x 4 x (cur + 1) x 128 x 2 bytes, for both.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ SHAPES = {"q": (3584, 3584), "k": (512, 3584), "v": (512, 3584), "o": (3584, 358
           "up": (18944, 3584), "down": (3584, 18944)}
 LAYERS = 28
 PER_GRAPH = 20
+CASES = ("nf4", "attention")
+ATTENTION_CONTEXTS = (512, 4096, 16384, 32000)
+ATTENTION_ROWS = (1, 8)
+N_KV, GROUP, HEAD_DIM = 4, 7, 128  # Qwen2.5-7B
 
 
 def graph_time_ms(fn, replays: int) -> float:
@@ -141,14 +152,109 @@ def _ints(name: str, default: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def cache_len(context: int) -> int:
+    """The slots the engine gives a context and 256 new tokens: max(1024, the next power of two)."""
+    from lab.engine.fastpath import MIN_SLOTS
+
+    return max(MIN_SLOTS, 1 << (context + 256 - 1).bit_length())
+
+
+def measure_attention(rows: int, context: int, replays: int) -> dict:
+    import torch.nn.functional as F
+
+    from lab.engine.kernels import attention
+
+    slots = cache_len(context)
+    q = torch.randn(rows, N_KV, GROUP, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    k, v = (torch.randn(rows, N_KV, slots, HEAD_DIM, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    cur, pad = torch.tensor([context], device="cuda"), torch.zeros(rows, dtype=torch.long, device="cuda")
+    positions = torch.arange(slots, device="cuda")
+    mask = ((positions <= cur) & (positions >= pad[:, None]))[:, None, None, :]  # once a step, as _step does
+    scale = HEAD_DIM ** -0.5
+    reason = attention.supports(q, k)
+    if reason:
+        raise SystemExit(f"the lab attention kernel cannot run here: {reason}.")
+    with torch.inference_mode():
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        ours = attention.decode_attention(q, k, v, cur, pad, scale)
+        diff = (ours.float() - theirs.float()).abs().max().item()
+        times = {"sdpa": graph_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale),
+                                       replays),
+                 "lab": graph_time_ms(lambda: attention.decode_attention(q, k, v, cur, pad, scale), replays)}
+    needed = 2 * rows * N_KV * (context + 1) * HEAD_DIM * 2
+    row = {"rows": rows, "context": context, "slots": slots, "chunk": attention.chunk_of(rows, N_KV, slots),
+           "max_abs_diff": diff}
+    for name, ms in times.items():
+        row[f"{name}_us"] = ms * 1000
+        row[f"{name}_gbs"] = needed / (ms / 1000) / 1e9
+    return row
+
+
+def attention_table(rows: list[dict]) -> str:
+    head = ("| rows | context | cache slots | chunk | sdpa µs | sdpa GB/s | lab µs | lab GB/s | lab/sdpa speed-up "
+            "| max abs diff |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(f"| {r['rows']} | {r['context']} | {r['slots']} | {r['chunk']} | {r['sdpa_us']:.1f} | "
+                          f"{r['sdpa_gbs']:.0f} | {r['lab_us']:.1f} | {r['lab_gbs']:.0f} | "
+                          f"{r['sdpa_us'] / r['lab_us']:.2f}x | {r['max_abs_diff']:.1e} |\n" for r in rows)
+
+
+def run_attention(args, t0: float) -> tuple[str, dict]:
+    rows = []
+    for n_rows in ATTENTION_ROWS:
+        for context in ATTENTION_CONTEXTS:
+            r = measure_attention(n_rows, context, args.replays)
+            rows.append(r)
+            print(f"attention rows {n_rows} context {context}: sdpa {r['sdpa_us']:.1f} µs, lab {r['lab_us']:.1f} µs "
+                  f"{r['lab_gbs']:.0f} GB/s (chunk {r['chunk']}), lab/sdpa {r['sdpa_us'] / r['lab_us']:.2f}x, "
+                  f"diff {r['max_abs_diff']:.1e}  [{time.monotonic() - t0:.0f} s]", flush=True)
+            torch.cuda.empty_cache()
+    text = (f"## Decode attention ({N_KV} key heads x {GROUP} query heads, d {HEAD_DIM}, bf16)\n\n"
+            + attention_table(rows))
+    return text, {"attention": rows}
+
+
+def selected_cases() -> list[str]:
+    value = [c.strip().lower() for c in os.environ.get("LAB_KERNELS_CASES", ",".join(CASES)).split(",") if c.strip()]
+    unknown = [c for c in value if c not in CASES]
+    if unknown or not value:
+        raise SystemExit(f"LAB_KERNELS_CASES takes a comma-separated subset of {', '.join(CASES)}, not {unknown}.")
+    return value
+
+
 def run(args) -> int:
     if not torch.cuda.is_available():
         print("python -m lab.bench kernels needs a CUDA GPU; run it on the GPU machine.")
         return 2
-    from lab.engine.kernels import nf4
+    import triton
 
+    cases = selected_cases()
     torch.manual_seed(0)
     t0 = time.monotonic()
+    props = torch.cuda.get_device_properties(0)
+    machine = f"{props.name}, torch {torch.__version__}, triton {triton.__version__}"
+    if "nf4" in cases:
+        import bitsandbytes
+
+        machine += f", bitsandbytes {bitsandbytes.__version__}"
+    head = f"# {' and '.join({'nf4': 'NF4', 'attention': 'attention'}[c] for c in cases)} kernels, {machine}\n\n"
+    head += f"{args.command_line}\n\n"
+    done: list[str] = []
+    data: dict = {"machine": machine}
+    if "attention" in cases:  # seconds, before the NF4 sweep's minutes
+        text, more = run_attention(args, t0)
+        done.append(text)
+        data |= more
+        print(text, flush=True)
+        _save(args.out, head + "\n\n".join(done), data)
+    if "nf4" in cases:
+        run_nf4(args, t0, lambda text, more: _save(args.out, head + "\n\n".join(done + [text]), data | more))
+    return 0
+
+
+def run_nf4(args, t0: float, save) -> None:
+    """The NF4 products; `save(text, data)` writes the report so far (after the table, and after the sweep)."""
+    from lab.engine.kernels import nf4
+
     row_counts, sweep_rows = _ints("LAB_KERNELS_ROWS", "1,2,4,8"), _ints("LAB_KERNELS_SWEEP", "")
     deadline = t0 + float(os.environ.get("LAB_KERNELS_BUDGET_S", "200"))
     unique = sorted(set(SHAPES.values()), key=lambda s: (s[0] * s[1], s))
@@ -168,17 +274,11 @@ def run(args) -> int:
     rows = [found[(s, r)] for r in row_counts for s in unique]
     steps = {r: {name: LAYERS * sum(found[(s, r)][f"{name}_us"] for s in SHAPES.values()) / 1000
                  for name in ("lab", "bnb", "bf16")} for r in row_counts}
-    props = torch.cuda.get_device_properties(0)
-    import bitsandbytes
-    import triton
-
-    machine = (f"{props.name}, torch {torch.__version__}, triton {triton.__version__}, "
-               f"bitsandbytes {bitsandbytes.__version__}")
-    text = f"# NF4 kernels, {machine}\n\n{args.command_line}\n\n{table(rows, steps)}"
+    text = f"## NF4 products\n\n{table(rows, steps)}"
     if nf4.PRMT_FAILED:
         text += f"\nThe register-table decode FAILED (the gather ran): {nf4.PRMT_FAILED[0]}\n"
     print(text, flush=True)  # before the sweep: a run cut short still has its table
-    _save(args.out, text, {"machine": machine, "rows": rows, "steps": steps, "prmt_failed": nf4.PRMT_FAILED})
+    save(text, {"rows": rows, "steps": steps, "prmt_failed": nf4.PRMT_FAILED})
     swept: dict[str, list] = {}
     plan = [(shape, n_rows) for n_rows in sweep_rows for shape in unique]
     for i, (shape, n_rows) in enumerate(plan):  # each its share of the time left
@@ -199,9 +299,7 @@ def run(args) -> int:
                 extra += f"\nOne decode step at {r} rows with each shape's fastest swept tile: {best:.3f} ms{base}\n"
         print(extra, flush=True)
         text += extra
-    _save(args.out, text, {"machine": machine, "rows": rows, "steps": steps, "swept": swept,
-                           "prmt_failed": nf4.PRMT_FAILED})
-    return 0
+    save(text, {"rows": rows, "steps": steps, "swept": swept, "prmt_failed": nf4.PRMT_FAILED})
 
 
 def _save(folder: str | None, text: str, data: dict) -> None:
