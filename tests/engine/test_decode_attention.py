@@ -171,12 +171,14 @@ def test_7b_heads_against_sdpa_on_gpu(rows):
 @pytest.mark.gpu
 @needs_cuda
 def test_one_cuda_graph_serves_every_cur():
-    """Captured at cur 100, replayed after writing other values into cur: the answer for the new cur."""
+    """Captured at one cur, replayed after writing other values into cur: the answer for the new cur (every cur at
+    or past each row's pad, as in the engine: a row's pad is never past the slot being written)."""
     from lab.engine.kernels import attention
 
     q, k, v, pad = _gpu_inputs(8, 5000, seed=3)
     scale = 128 ** -0.5
-    cur = torch.tensor([100], device="cuda")
+    first = pad.max().item()
+    cur = torch.tensor([first], device="cuda")
     with torch.inference_mode():
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -186,7 +188,7 @@ def test_one_cuda_graph_serves_every_cur():
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = attention.decode_attention(q, k, v, cur, pad, scale)
-        for c in (100, 2047, 2048, 4999, 8191, pad.max().item()):
+        for c in (2047, 2048, 4999, 8191, first, first + 1):
             cur.fill_(c)
             graph.replay()
             torch.cuda.synchronize()
