@@ -26,7 +26,10 @@ CSS = f"""
 .reply-stat {{ display: block; font-size: 0.75rem; opacity: 0.7; margin-top: 0.3em; }}
 .dropped-mark {{ display: block; font-size: 0.75rem; color: var(--body-text-color-subdued); font-style: italic; }}
 #chatbot .message-content:has(.dropped-mark) {{ opacity: 0.55; }}
-#chatbot .message-wrap {{ padding-top: 3rem; }}  /* the copy-all and clear icons sit above the first message */
+/* The copy-all and clear icons get their own strip above the scrolling messages (Gradio floats them over the
+   top of the scroll area, where a scrolled conversation slides under them). */
+#chatbot .wrapper > .icon-button-wrapper.top-panel {{ position: static; align-self: flex-end; flex: none; }}
+#chatbot .wrapper > .bubble-wrap {{ height: auto; flex: 1 1 0; min-height: 0; }}
 #context-meter, #context-meter * {{ font-size: 0.78rem !important; opacity: 0.75; min-height: 1.2em; }}
 #reply-actions {{ flex-wrap: wrap; gap: 0.4rem; }}
 #reply-actions > button, #reply-actions > div {{ min-width: 0 !important; flex: 1 1 auto; }}

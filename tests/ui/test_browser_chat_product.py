@@ -287,10 +287,15 @@ def test_phone_layout_and_the_smaller_points(page, size):
     send(page, "hello")
     wait_idle(page, 1)
     line = stats(page)
-    # the chatbot's copy and clear icons do not cover the first message
+    # the chatbot's copy and clear icons sit above the scrolling messages, so no message (scrolled or not) slides
+    # under them, and the first message starts below them
     icons = page.locator("#chatbot .icon-button-wrapper").first.bounding_box()
+    scroller = page.locator("#chatbot .bubble-wrap").first.bounding_box()
     first = page.locator('#chatbot [data-testid="user"]').first.bounding_box()
-    assert icons["y"] + icons["height"] <= first["y"] or icons["x"] >= first["x"] + first["width"], (icons, first)
+    assert icons["y"] + icons["height"] <= scroller["y"] + 0.5, (icons, scroller)
+    assert icons["y"] + icons["height"] <= first["y"], (icons, first)
+    chatbot = page.locator("#chatbot").bounding_box()
+    assert scroller["y"] + scroller["height"] <= chatbot["y"] + chatbot["height"] + 0.5, (scroller, chatbot)
     send(page, "again")
     wait_idle(page, 2)
     page.click("#undo-btn")
