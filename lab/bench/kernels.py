@@ -1,8 +1,9 @@
-"""The NF4 decode kernel beside bitsandbytes' and beside bf16 cuBLAS, one product at a time, and the decode
-attention kernel beside the step's SDPA call, on CUDA.
+"""The NF4 decode kernel beside bitsandbytes' and beside bf16 cuBLAS, one product at a time, the fused LLM.int8
+kernels beside the step's bitsandbytes operators, and the decode attention kernel beside the step's SDPA call,
+on CUDA.
 
     python -m lab.bench kernels [--out lab/bench/results]
-    LAB_KERNELS_CASES=nf4,attention  which to run (default both)
+    LAB_KERNELS_CASES=nf4,int8,attention  which to run (default all three)
     LAB_KERNELS_ROWS=1,2,4,8   input rows to measure (default)
     LAB_KERNELS_SWEEP=1,4      also time a grid of tiles (warps, blocks a step, K split) at these rows, per shape
     LAB_KERNELS_BUDGET_S=200   stop sweeping this many seconds after the start (each result is printed as it comes)
@@ -19,6 +20,12 @@ Attention: the 7B's heads (4 key heads of 7 query heads, d 128, bf16), 1 and 8 r
 ATTENTION_CONTEXTS with the cache sized as the engine sizes it; (a) F.scaled_dot_product_attention with the
 step's boolean mask (over every slot), (b) lab.engine.kernels.attention.decode_attention (slots up to cur only).
 GB/s counts the keys and values the answer needs, 2 x rows x 4 x (cur + 1) x 128 x 2 bytes, for both.
+
+LLM.int8: the step's four products per layer (q/k/v fused, o, gate/up fused, down) with int8 weights quantized
+by bitsandbytes from random fp16 ones, fp16 rows holding 4 outlier columns (|x| >= 6); (a) lab.engine.kernels.
+int8_mm as the engine runs it with LAB_KERNELS=lab (tile timed per shape), (b) `Int8Linear` with bitsandbytes'
+operators (the step's path by default), (c) an fp16 `x @ W.T`; GB/s counts the int8 weights and their scales.
+`max rel diff` is |lab - Linear8bitLt.forward| over its largest output.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ SHAPES = {"q": (3584, 3584), "k": (512, 3584), "v": (512, 3584), "o": (3584, 358
           "up": (18944, 3584), "down": (3584, 18944)}
 LAYERS = 28
 PER_GRAPH = 20
-CASES = ("nf4", "attention")
+CASES = ("nf4", "int8", "attention")
+INT8_SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
+INT8_OUTLIERS = 4
 ATTENTION_CONTEXTS = (512, 4096, 16384, 32000)
 ATTENTION_ROWS = (1, 8)
 N_KV, GROUP, HEAD_DIM = 4, 7, 128  # Qwen2.5-7B
@@ -232,11 +241,12 @@ def run(args) -> int:
     t0 = time.monotonic()
     props = torch.cuda.get_device_properties(0)
     machine = f"{props.name}, torch {torch.__version__}, triton {triton.__version__}"
-    if "nf4" in cases:
+    if "nf4" in cases or "int8" in cases:
         import bitsandbytes
 
         machine += f", bitsandbytes {bitsandbytes.__version__}"
-    head = f"# {' and '.join({'nf4': 'NF4', 'attention': 'attention'}[c] for c in cases)} kernels, {machine}\n\n"
+    names = {"nf4": "NF4", "int8": "LLM.int8", "attention": "attention"}
+    head = f"# {' and '.join(names[c] for c in cases)} kernels, {machine}\n\n"
     head += f"{args.command_line}\n\n"
     done: list[str] = []
     data: dict = {"machine": machine}
@@ -246,9 +256,78 @@ def run(args) -> int:
         data |= more
         print(text, flush=True)
         _save(args.out, head + "\n\n".join(done), data)
+    if "int8" in cases:  # a minute: its tiles are timed once per shape and row count
+        text, more = run_int8(args, t0)
+        done.append(text)
+        data |= more
+        _save(args.out, head + "\n\n".join(done), data)
     if "nf4" in cases:
         run_nf4(args, t0, lambda text, more: _save(args.out, head + "\n\n".join(done + [text]), data | more))
     return 0
+
+
+def int8_layer(n: int, k: int):
+    import bitsandbytes as bnb
+
+    plain = torch.nn.Linear(k, n, bias=False, dtype=torch.float16, device="cuda")
+    layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=6.0)
+    layer.load_state_dict(plain.state_dict())
+    layer = layer.to("cuda").eval()  # quantizes the rows
+    layer.init_8bit_state()
+    return layer, plain.weight.detach()
+
+
+def measure_int8(n: int, k: int, rows: int, replays: int) -> dict:
+    from lab.engine.kernels import int8, int8_mm
+
+    layer, w16 = int8_layer(n, k)
+    cb, scb = layer.state.CB, layer.state.SCB
+    x = torch.randn(rows, k, dtype=torch.float16, device="cuda")
+    x[torch.arange(INT8_OUTLIERS) % rows, torch.randperm(k, device="cuda")[:INT8_OUTLIERS]] = 8.0
+    seen = torch.zeros((), dtype=torch.long, device="cuda")
+    theirs = int8.Int8Linear(cb, scb, None, 6.0, torch.zeros((), dtype=torch.long, device="cuda"))
+    with torch.inference_mode():
+        want = layer(x).float()
+        ours = int8_mm.int8_matmul(x, cb, scb, None, 6.0, seen)  # times its tiles, once
+        diff = ((ours.float() - want).abs().max() / want.abs().max()).item()
+        tile = int8_mm._CHOSEN.get((n, k, rows, False, x.dtype))
+        times = {"lab": graph_time_ms(lambda: int8_mm.int8_matmul(x, cb, scb, None, 6.0, seen), replays),
+                 "bnb": graph_time_ms(lambda: theirs.ops(x), replays),
+                 "fp16": graph_time_ms(lambda: x @ w16.T, replays)}
+    row = {"shape": f"{n}x{k}", "rows": rows, "tile": str(tile), "max_rel_diff": diff, "outliers_seen": int(seen)}
+    for name, ms in times.items():
+        row[f"{name}_us"] = ms * 1000
+        row[f"{name}_gbs"] = (n * k * (2 if name == "fp16" else 1) + 4 * n) / (ms / 1000) / 1e9
+    return row
+
+
+def run_int8(args, t0: float) -> tuple[str, dict]:
+    rows = []
+    for n_rows in _ints("LAB_KERNELS_ROWS", "1,2,4,8"):
+        for name, (n, k) in INT8_SHAPES.items():
+            r = measure_int8(n, k, n_rows, args.replays)
+            torch.cuda.empty_cache()  # its weights and graphs
+            r["product"] = name
+            rows.append(r)
+            print(f"int8 {name} {r['shape']} rows {n_rows}: lab {r['lab_us']:.1f} µs {r['lab_gbs']:.0f} GB/s "
+                  f"({r['tile']}), bnb ops {r['bnb_us']:.1f} µs, fp16 {r['fp16_us']:.1f} µs, "
+                  f"lab/bnb {r['bnb_us'] / r['lab_us']:.2f}x, diff {r['max_rel_diff']:.1e}  "
+                  f"[{time.monotonic() - t0:.0f} s]", flush=True)
+    text = ("## LLM.int8 products (the step's four per layer; 4 outlier columns)\n\n"
+            "| product | shape (out x in) | rows | lab µs | lab GB/s | bnb ops µs | bnb GB/s | fp16 µs | lab/bnb "
+            "speed-up | lab/fp16 speed-up | tile | max rel diff |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    text += "".join(f"| {r['product']} | {r['shape']} | {r['rows']} | {r['lab_us']:.1f} | {r['lab_gbs']:.0f} | "
+                    f"{r['bnb_us']:.1f} | {r['bnb_gbs']:.0f} | {r['fp16_us']:.1f} | {r['bnb_us'] / r['lab_us']:.2f}x | "
+                    f"{r['fp16_us'] / r['lab_us']:.2f}x | {r['tile']} | {r['max_rel_diff']:.1e} |\n" for r in rows)
+    steps = {}
+    for n_rows in sorted({r["rows"] for r in rows}):
+        mine = [r for r in rows if r["rows"] == n_rows]
+        steps[n_rows] = {name: LAYERS * sum(r[f"{name}_us"] for r in mine) / 1000 for name in ("lab", "bnb", "fp16")}
+    text += "\nOne decode step's products (28 layers x the four):\n\n| rows | lab ms | bnb ops ms | fp16 ms |\n" \
+            "|---|---|---|---|\n" + "".join(f"| {r} | {s['lab']:.3f} | {s['bnb']:.3f} | {s['fp16']:.3f} |\n"
+                                             for r, s in steps.items())
+    print(text, flush=True)
+    return text, {"int8": rows, "int8_steps": steps}
 
 
 def run_nf4(args, t0: float, save) -> None:

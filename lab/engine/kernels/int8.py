@@ -13,6 +13,8 @@ number of slots (`torch.nonzero_static`). Unused slots multiply zeros. Each call
 outlier columns it saw in a shared device counter, and sets a shared device flag if it had more than
 its own slots; the decoder reads the flag after the reply (`FastPath` then builds wider ones).
 The model's products are found again by `products(model)`, their slots counted and widened here too.
+With LAB_KERNELS=lab, products of up to 64 rows (the decode step's) run `int8_mm`'s fused kernels instead: the
+same arithmetic in three launches, and every column read, so no slots to outgrow.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from lab.engine.kernels import int8_mm, nf4
 
 OUTLIER_SLOTS = 128  # outlier columns per product at decode batch sizes; Transformers-era LLMs show a handful
 
@@ -79,6 +83,14 @@ class Int8Linear:
         self.rank = torch.arange(self.slots, device=self.cb.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.reshape(-1, x.shape[-1])
+        if nf4.kernels() == "lab" and int8_mm.supports(self.cb, self.scb, a) is None:  # decode rows, one pass
+            out = int8_mm.int8_matmul(a, self.cb, self.scb, self.bias, self.threshold, self.seen)
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return self.ops(x)
+
+    def ops(self, x: torch.Tensor) -> torch.Tensor:
+        """The product through bitsandbytes' operators, whatever LAB_KERNELS says."""
         ops = torch.ops.bitsandbytes
         shape = x.shape
         a = x.reshape(-1, shape[-1])

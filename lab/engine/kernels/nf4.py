@@ -20,7 +20,8 @@ absmax is applied once per word. Tall products split K over programs and a secon
 candidate too, and past 8 rows the only one. The tile (kernel, warps, blocks a step, K split) is timed per product
 shape and row count at its first call; `python -m lab.bench kernels` sweeps more.
 
-    LAB_KERNELS=lab     use this kernel in the engine's decode step (default: bnb, bitsandbytes' own forward)
+    LAB_KERNELS=lab     use this kernel (and int8_mm's for LLM.int8) in the engine's decode step (default: bnb,
+                        bitsandbytes' own forward)
     LAB_NF4_DECODE=lut  the gather decode on CUDA too (default there: prmt)
     TRITON_INTERPRET=1  runs it on a CPU through Triton's interpreter (what the tests do)
 """
@@ -48,7 +49,8 @@ BLOCK = 64  # codes per absmax: the only blocksize this kernel reads
 
 
 def kernels() -> str:
-    """Which NF4 kernels the engine runs: "lab" (this module) or "bnb" (bitsandbytes' forward)."""
+    """Which kernels the engine runs for NF4 and LLM.int8 products of up to 64 rows: "lab" (this module and
+    int8_mm) or "bnb" (bitsandbytes' forward and operators)."""
     value = os.environ.get("LAB_KERNELS", "bnb").strip().lower() or "bnb"
     if value not in ("lab", "bnb"):
         raise ValueError(f"LAB_KERNELS must be 'lab' or 'bnb', not {value!r}.")
