@@ -30,7 +30,7 @@ import dataclasses
 
 import torch
 
-from lab.engine.kernels import nf4
+from lab.engine.kernels import nf4, tiles
 
 try:
     import triton
@@ -156,6 +156,7 @@ DEFAULT = Tile(64, 256)  # while a CUDA graph is captured nothing can be timed; 
 DEFAULT_WIDE = Tile(64, 64)
 INTERPRETED = Tile(32, 64)
 _CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
+TABLE = tiles.Table("int8", Tile, [__file__])  # the choices, per GPU, on disk
 
 
 def _run(x, cb, scb, bias, seen, threshold: float, *, tile: Tile) -> torch.Tensor:
@@ -203,11 +204,17 @@ def _launch(x, cb, scb, bias, seen, threshold: float, tile: Tile | None = None) 
     if tile is None:
         key = (cb.shape[0], cb.shape[1], x.shape[0], bias is not None, x.dtype)
         tile = _CHOSEN.get(key)
+        if tile is None:  # timed by an earlier process on this GPU?
+            gpu = tiles.gpu_name(x.device)
+            tile = TABLE.get(key, gpu)
+            if tile is not None:
+                _CHOSEN[key] = tile
         if tile is None and torch.cuda.is_current_stream_capturing():
             tile = DEFAULT if x.shape[0] <= 16 else DEFAULT_WIDE
         elif tile is None:
             # the timing's launches raise `seen` to this input's count, which the real launch does anyway
             tile = _CHOSEN[key] = _fastest(args)
+            TABLE.put(key, tile, gpu)
     return _run(*args, tile=tile)
 
 

@@ -18,7 +18,8 @@ every input row (float32 FMAs into one accumulator per row); x is read 16 bytes 
 absmax is applied once per word. Tall products split K over programs and a second small kernel adds the parts
 (in a fixed order: the same input gives the same output). From 2 rows the tensor-core kernel (nf4_mma) is a
 candidate too, and past 8 rows the only one. The tile (kernel, warps, blocks a step, K split) is timed per product
-shape and row count at its first call; `python -m lab.bench kernels` sweeps more.
+shape and row count at its first call, and kept per GPU for later processes (lab.engine.kernels.tiles);
+`python -m lab.bench kernels` sweeps more.
 
     LAB_KERNELS=lab     use this kernel (and int8_mm's for LLM.int8) in the engine's decode step (default: bnb,
                         bitsandbytes' own forward)
@@ -34,6 +35,8 @@ import os
 import warnings
 
 import torch
+
+from lab.engine.kernels import tiles
 
 try:
     import triton
@@ -305,6 +308,8 @@ def decoder() -> str:
 PRMT_FAILED: list[str] = []  # why the register-table decode did not compile, if it did not
 _PRMT_RAN: list[bool] = []  # it has run once: later errors are errors, not a missing toolchain
 _CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
+_SOURCES = [os.path.join(os.path.dirname(__file__), f) for f in ("nf4.py", "nf4_mma.py", "nf4_decode.py")]
+TABLE = tiles.Table("nf4", Tile, _SOURCES)  # the choices, per GPU, on disk
 
 
 def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: torch.Tensor | None,
@@ -333,10 +338,16 @@ def _tiled(args: tuple, tile: Tile | None, decode: str) -> torch.Tensor:
     wide = x.shape[0] > GEMV_ROWS
     if tile is None:
         tile = ((INTERPRETED_MMA if wide else INTERPRETED) if interpreted() else _CHOSEN.get(key))
+    if tile is None:  # timed by an earlier process on this GPU?
+        gpu = tiles.gpu_name(x.device)
+        tile = TABLE.get(key, gpu)
+        if tile is not None:
+            _CHOSEN[key] = tile
     if tile is None and torch.cuda.is_current_stream_capturing():
         tile = DEFAULT_MMA if wide else DEFAULT
     if tile is None:
         tile = _CHOSEN[key] = _fastest(args, decode)
+        TABLE.put(key, tile, gpu)
     return _run(*args, tile=tile, decode=decode)
 
 
