@@ -27,7 +27,7 @@ from lab.models import load_model
 
 # First match wins: (kind, pattern over the kernel's name).
 KINDS = (
-    ("NF4 products (lab kernel)", r"nf4_gemv|nf4_mma|_sum_parts"),
+    ("products (lab kernels: NF4, LLM.int8)", r"nf4_gemv|nf4_mma|sum_parts|int8_mm|int8_scan"),
     ("NF4 products (bitsandbytes)", r"kgemm_4bit|gemv_4bit|dequantize|kDequant"),
     ("LLM.int8 products", r"int8|igemm|vectorwise|outlier"),
     ("attention", r"fmha|attention|flash|efficient|attn"),

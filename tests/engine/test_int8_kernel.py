@@ -126,8 +126,8 @@ def compile_sm90(rows: int, tile) -> dict:
             "threshold": "fp32"}
     out = {}
     for fn, sig, cst, attrs, key in (
-            (int8_mm._int8_mm, dict(zip(names, types)), consts, aligned, ""),
-            (int8_mm._scan, scan, {"BR": triton.next_power_of_2(rows), "BK": int8_mm.SCAN_COLUMNS},
+            (int8_mm.int8_mm, dict(zip(names, types)), consts, aligned, ""),
+            (int8_mm.int8_scan, scan, {"BR": triton.next_power_of_2(rows), "BK": int8_mm.SCAN_COLUMNS},
              {(i,): [["tt.divisibility", 16]] for i in range(3)}, "scan_")):
         src = ASTSource(fn=fn, signature=sig | {k: "constexpr" for k in cst}, constexprs=cst, attrs=attrs)
         c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile.warps})

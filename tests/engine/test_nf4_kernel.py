@@ -283,7 +283,7 @@ def _products() -> list[dict]:
     out = []
     cases = [(128, 256, 1, True, "normal"), (256, 512, 2, False, "normal"), (192, 320, 5, True, "student-t"),
              (128, 512, 8, False, "student-t"), (136, 256, 3, True, "normal"),
-             (32, 1024, 2, True, "normal"),  # 2 programs of 16 rows: K split 4 ways, summed by _sum_parts
+             (32, 1024, 2, True, "normal"),  # 2 programs of 16 rows: K split 4 ways, summed by sum_parts
              (48, 192, 6, False, "student-t"),  # 3 blocks a row: the step halves to 1 block
              (96, 256, 9, True, "normal"), (80, 192, 17, False, "student-t"),  # past 8 rows: the tensor-core kernel
              (64, 1024, 40, True, "normal")]  # 40 rows (a 64-row tile), K split

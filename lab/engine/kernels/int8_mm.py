@@ -5,16 +5,16 @@ columns, quantize the input's rows, the int8 matmul, dequantize, and the outlier
 dequantize, addmm): about a dozen kernels a product, each a few µs at one row, which is why LLM.int8 decodes at
 a third of bf16's speed though it reads half the bytes. Here three launches do the same arithmetic:
 
-- `_scan`, one program per 128 columns over every row: marks the outlier columns (some row holds |x| >=
+- `int8_scan`, one program per 128 columns over every row: marks the outlier columns (some row holds |x| >=
   threshold, x rounded to float16 first as bitsandbytes rounds it), takes each row's absmax over its other
   values (the scale bitsandbytes' quantizer gives the row once its outliers are zeroed; a float atomic max across
   programs) and counts the outlier columns;
-- `_int8_mm`, BN weight rows a program and K split over programs (as for NF4): reads each int8 weight once into
+- `int8_mm`, BN weight rows a program and K split over programs (as for NF4): reads each int8 weight once into
   an int8 dot on the tensor cores with the quantized rows, round(x * 127 / absmax) with the outlier columns
   zeroed, summed in int32 (bitsandbytes' int8 matmul, exactly), scaled by absmax * SCB / 127^2 (its dequantize).
   A loop step that holds an outlier column also takes a float16 dot of the outlier columns' own x with the same
   weights, scaled by SCB / 127 (its dequantized weight); the bias is added and the output rounded once;
-- with K split, nf4's `_sum_parts` adds the programs' parts in a fixed order.
+- with K split, nf4's `sum_parts` adds the programs' parts in a fixed order.
 
 bitsandbytes rounds the dequantized outlier weights, and the int8 part before the outliers are added, to float16;
 this rounds once at the end, so it stays within float16 rounding of bitsandbytes' answer (tests/engine/
@@ -68,7 +68,7 @@ def supports(cb: torch.Tensor, scb: torch.Tensor, x: torch.Tensor) -> str | None
 if triton is not None:
 
     @triton.jit
-    def _scan(x_ptr, stats_ptr, flag_ptr, R, K, stride_x, threshold, BR: tl.constexpr, BK: tl.constexpr):
+    def int8_scan(x_ptr, stats_ptr, flag_ptr, R, K, stride_x, threshold, BR: tl.constexpr, BK: tl.constexpr):
         """flag[k] = some row has |x| >= threshold at k; stats[r] = max(stats[r], row r's other |x| here);
         stats[R] += the columns flagged here. stats starts at zero."""
         k = tl.program_id(0) * BK + tl.arange(0, BK)
@@ -83,7 +83,7 @@ if triton is not None:
         tl.atomic_add(stats_ptr + R, tl.sum(col, axis=0).to(tl.float32))
 
     @triton.jit
-    def _int8_mm(x_ptr, w_ptr, scb_ptr, stats_ptr, flag_ptr, bias_ptr, out_ptr, part_ptr, seen_ptr, R, N, K,
+    def int8_mm(x_ptr, w_ptr, scb_ptr, stats_ptr, flag_ptr, bias_ptr, out_ptr, part_ptr, seen_ptr, R, N, K,
                  stride_x, per, HAS_BIAS: tl.constexpr, PARTS: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
                  BK: tl.constexpr, IEEE: tl.constexpr):
         pid_n, pid_s = tl.program_id(0), tl.program_id(1)
@@ -165,20 +165,20 @@ def _run(x, cb, scb, bias, seen, threshold: float, *, tile: Tile) -> torch.Tenso
     stats = torch.zeros(rows + 1, dtype=torch.float32, device=x.device)  # row absmax, then the outlier count
     flags = torch.empty(k, dtype=torch.int8, device=x.device)
     br = triton.next_power_of_2(rows)
-    _scan[(triton.cdiv(k, SCAN_COLUMNS),)](x, stats, flags, rows, k, x.stride(0), threshold, BR=br,
+    int8_scan[(triton.cdiv(k, SCAN_COLUMNS),)](x, stats, flags, rows, k, x.stride(0), threshold, BR=br,
                                             BK=SCAN_COLUMNS)
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     split = tile.split or nf4.split_of(n, k // 64, x.device, tile.bn)
     per = triton.cdiv(triton.cdiv(k, split), tile.bk) * tile.bk  # whole steps; the last programs may get fewer
     part = torch.empty((split, rows, n), dtype=torch.float32, device=x.device) if split > 1 else out
     dummy = scb
-    _int8_mm[(triton.cdiv(n, tile.bn), split)](
+    int8_mm[(triton.cdiv(n, tile.bn), split)](
         x, cb, scb, stats, flags, bias if bias is not None else dummy, out, part, seen, rows, n, k, x.stride(0),
         per, HAS_BIAS=bias is not None, PARTS=split > 1, BR=max(16, br), BN=tile.bn, BK=tile.bk,
         IEEE=nf4.interpreted(), num_warps=tile.warps)
     if split > 1:
         bn = max(16, min(64, 8192 // (split * br)))
-        nf4._sum_parts[(triton.cdiv(n, bn),)](part, bias if bias is not None else dummy, out, rows, n,
+        nf4.sum_parts[(triton.cdiv(n, bn),)](part, bias if bias is not None else dummy, out, rows, n,
                                               HAS_BIAS=bias is not None, SPLIT=split, RP=br, BN=bn)
     return out
 
@@ -197,12 +197,21 @@ def _fastest(args: tuple) -> Tile:
     return min(timed, key=timed.get)
 
 
+def _key(x: torch.Tensor, cb: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    return cb.shape[0], cb.shape[1], x.reshape(-1, cb.shape[1]).shape[0], bias is not None, x.dtype
+
+
+def chosen(x: torch.Tensor, cb: torch.Tensor, bias: torch.Tensor | None) -> Tile | None:
+    """The tile timed fastest for this product (None before its first call), for reports."""
+    return INTERPRETED if nf4.interpreted() else _CHOSEN.get(_key(x, cb, bias))
+
+
 def _launch(x, cb, scb, bias, seen, threshold: float, tile: Tile | None = None) -> torch.Tensor:
     args = (x, cb, scb, bias, seen, threshold)
     if tile is None and nf4.interpreted():
         tile = INTERPRETED
     if tile is None:
-        key = (cb.shape[0], cb.shape[1], x.shape[0], bias is not None, x.dtype)
+        key = _key(x, cb, bias)
         tile = _CHOSEN.get(key)
         if tile is None:  # timed by an earlier process on this GPU?
             gpu = tiles.gpu_name(x.device)

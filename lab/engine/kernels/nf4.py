@@ -227,7 +227,7 @@ if triton is not None:
             _put(acc7, 7, n, pid_s, bias_ptr, out_ptr, part_ptr, N, HAS_BIAS, PARTS, ROWS)
 
     @triton.jit
-    def _sum_parts(part_ptr, bias_ptr, out_ptr, R, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    def sum_parts(part_ptr, bias_ptr, out_ptr, R, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                    RP: tl.constexpr, BN: tl.constexpr):
         n = tl.program_id(0) * BN + tl.arange(0, BN)
         r = tl.arange(0, RP)
@@ -408,7 +408,7 @@ def _run(x, words, absmax, absq, abs2, code2, offset, code, bias, n: int, k: int
     if split > 1:
         rp = triton.next_power_of_2(rows)
         bn = max(16, min(64, 8192 // (split * rp)))  # [split, rows, bn] partial sums a program: bounded registers
-        _sum_parts[(triton.cdiv(n, bn),)](part, bias if bias is not None else dummy, out, rows, n,
+        sum_parts[(triton.cdiv(n, bn),)](part, bias if bias is not None else dummy, out, rows, n,
                                           HAS_BIAS=bias is not None, SPLIT=split, RP=rp, BN=bn)
     return out
 
