@@ -96,3 +96,27 @@ def test_the_kernels_tables_name_their_own_sources():
     assert {os.path.basename(p) for p in nf4.TABLE.sources} == {"nf4.py", "nf4_mma.py", "nf4_decode.py"}
     assert all(os.path.exists(p) for p in nf4.TABLE.sources + int8_mm.TABLE.sources)
     assert int8_mm.TABLE.tile_type is int8_mm.Tile and int8_mm.TABLE.kernel != nf4.TABLE.kernel
+
+
+def test_choose_times_a_product_once_and_a_capture_gets_the_default(cache, monkeypatch):
+    """What the kernels' launches call: a graph being captured gets the default and times nothing; otherwise the
+    product is timed once, kept in memory and on disk, and a later process takes it from the file."""
+    _, source = cache
+    monkeypatch.setattr(tiles, "gpu_name", lambda device: "NVIDIA H200")
+    gpu = torch.device("cuda", 0)
+    timed = []
+
+    def time() -> nf4.Tile:
+        timed.append(1)
+        return nf4.Tile(1, 8, 4)
+
+    t = table(source)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert t.choose(KEY, gpu, nf4.DEFAULT, time) == nf4.DEFAULT and timed == [] and t.known(KEY, gpu) is None
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert t.choose(KEY, gpu, nf4.DEFAULT, time) == nf4.Tile(1, 8, 4)
+    assert t.choose(KEY, gpu, nf4.DEFAULT, time) == nf4.Tile(1, 8, 4) and timed == [1]
+    later = table(source)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)  # captured before any timing
+    assert later.choose(KEY, gpu, nf4.DEFAULT, time) == nf4.Tile(1, 8, 4) and timed == [1]
+    assert later.known(KEY, gpu) == nf4.Tile(1, 8, 4)

@@ -155,8 +155,7 @@ WIDE_CANDIDATES = tuple(Tile(bn, bk, s) for bn, bk in ((32, 128), (64, 64), (128
 DEFAULT = Tile(64, 256)  # while a CUDA graph is captured nothing can be timed; the decoder warms up first
 DEFAULT_WIDE = Tile(64, 64)
 INTERPRETED = Tile(32, 64)
-_CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
-TABLE = tiles.Table("int8", Tile, [__file__])  # the choices, per GPU, on disk
+TABLE = tiles.Table("int8", Tile, [__file__])  # product key -> the tile its timing chose, per GPU, kept on disk
 
 
 def _run(x, cb, scb, bias, seen, threshold: float, *, tile: Tile) -> torch.Tensor:
@@ -202,8 +201,8 @@ def _key(x: torch.Tensor, cb: torch.Tensor, bias: torch.Tensor | None) -> tuple:
 
 
 def chosen(x: torch.Tensor, cb: torch.Tensor, bias: torch.Tensor | None) -> Tile | None:
-    """The tile timed fastest for this product (None before its first call), for reports."""
-    return INTERPRETED if nf4.interpreted() else _CHOSEN.get(_key(x, cb, bias))
+    """The tile timed fastest for this product (None before its first call on this GPU), for reports."""
+    return INTERPRETED if nf4.interpreted() else TABLE.known(_key(x, cb, bias), x.device)
 
 
 def _launch(x, cb, scb, bias, seen, threshold: float, tile: Tile | None = None) -> torch.Tensor:
@@ -211,19 +210,9 @@ def _launch(x, cb, scb, bias, seen, threshold: float, tile: Tile | None = None) 
     if tile is None and nf4.interpreted():
         tile = INTERPRETED
     if tile is None:
-        key = _key(x, cb, bias)
-        tile = _CHOSEN.get(key)
-        if tile is None:  # timed by an earlier process on this GPU?
-            gpu = tiles.gpu_name(x.device)
-            tile = TABLE.get(key, gpu)
-            if tile is not None:
-                _CHOSEN[key] = tile
-        if tile is None and torch.cuda.is_current_stream_capturing():
-            tile = DEFAULT if x.shape[0] <= 16 else DEFAULT_WIDE
-        elif tile is None:
-            # the timing's launches raise `seen` to this input's count, which the real launch does anyway
-            tile = _CHOSEN[key] = _fastest(args)
-            TABLE.put(key, tile, gpu)
+        # the timing's launches raise `seen` to this input's count, which the real launch does anyway
+        tile = TABLE.choose(_key(x, cb, bias), x.device, DEFAULT if x.shape[0] <= 16 else DEFAULT_WIDE,
+                            lambda: _fastest(args))
     return _run(*args, tile=tile)
 
 

@@ -307,9 +307,8 @@ def decoder() -> str:
 
 PRMT_FAILED: list[str] = []  # why the register-table decode did not compile, if it did not
 _PRMT_RAN: list[bool] = []  # it has run once: later errors are errors, not a missing toolchain
-_CHOSEN: dict[tuple, Tile] = {}  # product shape -> the tile the timing chose
 _SOURCES = [os.path.join(os.path.dirname(__file__), f) for f in ("nf4.py", "nf4_mma.py", "nf4_decode.py")]
-TABLE = tiles.Table("nf4", Tile, _SOURCES)  # the choices, per GPU, on disk
+TABLE = tiles.Table("nf4", Tile, _SOURCES)  # product key -> the tile its timing chose, per GPU, kept on disk
 
 
 def _launch(x: torch.Tensor, words: torch.Tensor, absmax: torch.Tensor, absq: torch.Tensor | None,
@@ -336,27 +335,19 @@ def _tiled(args: tuple, tile: Tile | None, decode: str) -> torch.Tensor:
     x, n, k = args[0], args[9], args[10]
     key = (n, k // BLOCK, x.shape[0], args[3] is not None, args[8] is not None, x.dtype, decode)
     wide = x.shape[0] > GEMV_ROWS
+    if tile is None and interpreted():
+        tile = INTERPRETED_MMA if wide else INTERPRETED
     if tile is None:
-        tile = ((INTERPRETED_MMA if wide else INTERPRETED) if interpreted() else _CHOSEN.get(key))
-    if tile is None:  # timed by an earlier process on this GPU?
-        gpu = tiles.gpu_name(x.device)
-        tile = TABLE.get(key, gpu)
-        if tile is not None:
-            _CHOSEN[key] = tile
-    if tile is None and torch.cuda.is_current_stream_capturing():
-        tile = DEFAULT_MMA if wide else DEFAULT
-    if tile is None:
-        tile = _CHOSEN[key] = _fastest(args, decode)
-        TABLE.put(key, tile, gpu)
+        tile = TABLE.choose(key, x.device, DEFAULT_MMA if wide else DEFAULT, lambda: _fastest(args, decode))
     return _run(*args, tile=tile, decode=decode)
 
 
 def chosen(x: torch.Tensor, module) -> Tile | None:
-    """The tile timed fastest for this product (None before its first call), for reports."""
+    """The tile timed fastest for this product (None before its first call on this GPU), for reports."""
     qs = module.weight.quant_state
     n, k = qs.shape
     key = (n, k // BLOCK, x.reshape(-1, k).shape[0], bool(qs.nested), module.bias is not None, x.dtype, decoder())
-    return INTERPRETED if interpreted() else _CHOSEN.get(key)
+    return INTERPRETED if interpreted() else TABLE.known(key, x.device)
 
 
 def _fastest(args: tuple, decode: str) -> Tile:

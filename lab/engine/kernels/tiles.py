@@ -19,16 +19,22 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from lab import config
 
 
+def _index(device) -> int:
+    import torch
+
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def gpu_name(device) -> str:
     import torch
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_name(index)
+    return torch.cuda.get_device_name(_index(device))
 
 
 class Table:
@@ -37,7 +43,31 @@ class Table:
     def __init__(self, kernel: str, tile_type: type, sources: list[str]) -> None:
         self.kernel, self.tile_type, self.sources = kernel, tile_type, sources
         self._files: dict[str, dict] = {}  # GPU name -> its file's choices, as read or written here
+        self._known: dict[tuple, object] = {}  # (GPU index, product key) -> its tile, for this process's launches
         self._lock = threading.Lock()
+
+    def choose(self, key: tuple, device, default, time: Callable[[], object]):
+        """This product's tile: the one chosen before (here, or by an earlier process on this GPU), else `default`
+        while a CUDA graph is being captured (nothing can be timed then), else the one `time()` picks, kept."""
+        tile = self.known(key, device)
+        if tile is None:
+            import torch
+
+            if torch.cuda.is_current_stream_capturing():
+                return default
+            tile = self._known[(_index(device), key)] = time()
+            self.put(key, tile, gpu_name(device))
+        return tile
+
+    def known(self, key: tuple, device):
+        """The tile chosen for this product on `device`'s GPU, by this process or an earlier one; None if none."""
+        where = (_index(device), key)
+        tile = self._known.get(where)
+        if tile is None:
+            tile = self.get(key, gpu_name(device))
+            if tile is not None:
+                self._known[where] = tile
+        return tile
 
     def path(self, gpu: str) -> Path:
         import triton
