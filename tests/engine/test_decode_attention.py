@@ -14,7 +14,6 @@ if __name__ == "__main__":  # the interpreter's process (see the docstring): bef
 
 import importlib.util
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,11 +64,9 @@ def greedy(model, rows: list[list[int]], steps: int, batch: int, **kw) -> tuple[
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {k: v for k, v in os.environ.items() if k != "LAB_ATTENTION"} | {"TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__))], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from tests.engine.interpreter import run_interpreted
+
+    return run_interpreted(__file__, "LAB_ATTENTION", timeout=600)
 
 
 @needs_triton

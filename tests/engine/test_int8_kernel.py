@@ -29,11 +29,9 @@ bnb = pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {k: v for k, v in os.environ.items() if k != "LAB_KERNELS"} | {"TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__))], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from tests.engine.interpreter import run_interpreted
+
+    return run_interpreted(__file__, "LAB_KERNELS", timeout=600)
 
 
 @needs_triton
